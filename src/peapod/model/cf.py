@@ -1,0 +1,114 @@
+"""Collaborative-filtering user embeddings: implicit-feedback ALS (Hu, Koren & Volinsky 2008) in torch.
+
+The user factors are the PeaPOD composer's inputs; neighbours are the k most cosine-similar users.
+ALS gives a closed-form fold-in: a new user's factor is one regularized least-squares solve against the
+item factors, the same solve that produced every training user's factor in the last ALS sweep. So a
+training user folded in from its own training items gets back its trained factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ALSConfig:
+    dim: int = 64
+    reg: float = 0.1
+    alpha: float = 10.0  # confidence of an observed interaction: c = 1 + alpha
+    iterations: int = 15
+    seed: int = 0
+
+
+def _padded(lists: list[list[int]], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """[len(rows), max_len] index matrix and its validity mask for the chosen rows of `lists`."""
+    width = max(1, max(len(lists[r]) for r in rows))
+    idx = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for j, r in enumerate(rows):
+        n = len(lists[r])
+        idx[j, :n] = lists[r]
+        mask[j, :n] = True
+    return torch.from_numpy(idx), torch.from_numpy(mask)
+
+
+def solve_factors(
+    lists: list[list[int]], other: torch.Tensor, reg: float, alpha: float, chunk: int = 2048
+) -> torch.Tensor:
+    """One ALS half-step: for each row r, argmin_x sum_j c_rj (p_rj - x.y_j)^2 + reg |x|^2.
+
+    Args:
+        lists: per row, the column indices it interacted with (p_rj = 1, c_rj = 1 + alpha there).
+        other: [n_cols, d] the fixed factors of the other side.
+    Returns:
+        [len(lists), d] the solved factors (float32).
+    """
+    d = other.shape[1]
+    gram = other.T @ other + reg * torch.eye(d, dtype=other.dtype)  # Y^T Y + reg I, shared by all rows
+    out = torch.zeros(len(lists), d, dtype=other.dtype)
+    # Sort by length so each chunk pads little.
+    order = np.argsort([len(x) for x in lists], kind="stable")
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        idx, mask = _padded(lists, rows)
+        y = other[idx] * mask.unsqueeze(-1).to(other.dtype)  # [b, n, d], zero rows for padding
+        a = gram + alpha * torch.einsum("bnd,bne->bde", y, y)
+        b = (1.0 + alpha) * y.sum(1)
+        out[torch.from_numpy(rows)] = torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def train_als(
+    user_items: list[list[int]], n_items: int, config: ALSConfig = ALSConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit ALS on (training) interactions.
+
+    Args:
+        user_items: per user, the item indices of its training interactions (duplicates are ignored).
+    Returns:
+        (user_factors [n_users, dim], item_factors [n_items, dim]); users are solved last, so each
+        user factor is exactly `fold_in` of its items.
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    users = [sorted(set(items)) for items in user_items]
+    item_users: list[list[int]] = [[] for _ in range(n_items)]
+    for u, items in enumerate(users):
+        for i in items:
+            item_users[i].append(u)
+    item_f = torch.randn(n_items, config.dim, generator=gen, dtype=torch.float64) * 0.01
+    for _ in range(config.iterations):
+        user_f = solve_factors(users, item_f, config.reg, config.alpha)
+        item_f = solve_factors(item_users, user_f, config.reg, config.alpha)
+    user_f = solve_factors(users, item_f, config.reg, config.alpha)
+    return user_f.float(), item_f.float()
+
+
+def fold_in(items: list[list[int]], item_factors: torch.Tensor, config: ALSConfig) -> torch.Tensor:
+    """CF factors of users given only their item lists: [len(items), dim]. No retraining."""
+    users = [sorted(set(x)) for x in items]
+    return solve_factors(users, item_factors.double(), config.reg, config.alpha).float()
+
+
+def nearest_neighbors(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool = False, chunk: int = 4096
+) -> torch.Tensor:
+    """Indices of the k keys most cosine-similar to each query: [n_queries, k], most similar first.
+
+    With `exclude_self`, queries are the keys themselves and row i never returns i. Chunked matrix
+    products keep memory at chunk x n_keys.
+    """
+    if k >= keys.shape[0] + (0 if not exclude_self else -1) + 1:
+        raise ValueError(f"k={k} neighbours asked for, but only {keys.shape[0] - int(exclude_self)} candidates exist")
+    qn = torch.nn.functional.normalize(queries.float(), dim=1)
+    kn = torch.nn.functional.normalize(keys.float(), dim=1)
+    out = torch.empty(queries.shape[0], k, dtype=torch.long)
+    for start in range(0, queries.shape[0], chunk):
+        sim = qn[start : start + chunk] @ kn.T
+        if exclude_self:
+            rows = torch.arange(sim.shape[0])
+            sim[rows, rows + start] = float("-inf")
+        out[start : start + chunk] = sim.topk(k, dim=1).indices
+    return out

@@ -1,0 +1,286 @@
+"""The PeaPOD model: a T5 encoder-decoder fed through `inputs_embeds` with soft prompts in front.
+
+Encoder input, per example:  [task prompt (P) ; user prompt (L) ; token embeddings + whole-word embeddings (T)]
+
+Variants (one config switch, one code path):
+- `p5`:     discrete text templates only; no soft prompt (P = L = 0).
+- `pod`:    learnable task prompts (P vectors per task); no user prompt.
+- `peapod`: task prompts and a personalized user prompt from a composer (`neighbors` or `pool`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+from peapod.data.dataset import Dataset
+from peapod.data.indexing import ItemIndex, user_text
+from peapod.io import atomic_directory, write_json_atomic
+from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
+from peapod.model.composer import NeighborComposer, PoolComposer
+from peapod.model.text import TASKS, template_corpus, train_tokenizer
+
+VARIANTS = ("p5", "pod", "peapod")
+COMPOSERS = ("neighbors", "pool")
+
+# From-scratch backbone sizes. `t5-small` has T5-small's dimensions (60M parameters with its vocab).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32, vocab_size=2000),
+    "cpu-small": dict(d_model=256, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=64, vocab_size=8000),
+    "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64, vocab_size=32000),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a model's architecture; saved with every model."""
+
+    variant: str = "peapod"
+    composer: str = "neighbors"
+    backbone: str = "tiny"  # a preset name, or a local directory with a pretrained T5/Flan-T5
+    task_prompt_length: int = 3
+    user_prompt_length: int = 3
+    n_heads: int = 4
+    n_neighbors: int = 10
+    pool_size: int = 20
+    cf_dim: int = 64
+    cf_trainable: bool = False
+    cf_reg: float = 0.1
+    cf_alpha: float = 10.0
+    cf_iterations: int = 15
+    vocab_size: int | None = None  # from-scratch tokenizer size; None takes the preset's
+    max_whole_words: int = 512
+    dropout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.composer not in COMPOSERS:
+            raise ValueError(f"model.composer must be one of {COMPOSERS}, got {self.composer!r}")
+
+    @property
+    def has_task_prompt(self) -> bool:
+        return self.variant in ("pod", "peapod")
+
+    @property
+    def has_user_prompt(self) -> bool:
+        return self.variant == "peapod"
+
+    @property
+    def prompt_length(self) -> int:
+        """Soft-prompt vectors in front of the tokens."""
+        return self.task_prompt_length * self.has_task_prompt + self.user_prompt_length * self.has_user_prompt
+
+    def als(self) -> ALSConfig:
+        return ALSConfig(dim=self.cf_dim, reg=self.cf_reg, alpha=self.cf_alpha, iterations=self.cf_iterations, seed=self.seed)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class PeaPOD(nn.Module):
+    """T5 with task prompts, personalized user prompts and whole-word embeddings.
+
+    Buffers (saved with the weights):
+        cf_users: [n_users, cf_dim] CF embeddings of the training users (a Parameter when trainable).
+        cf_items: [n_items, cf_dim] CF item factors, for folding in unseen users.
+        neighbor_index: [n_users, k] each user's k most cosine-similar other users (neighbors composer).
+    """
+
+    def __init__(self, config: ModelConfig, t5: T5ForConditionalGeneration, n_users: int, n_items: int):
+        super().__init__()
+        self.config = config
+        self.t5 = t5
+        d = t5.config.d_model
+        self.whole_word = nn.Embedding(config.max_whole_words, d, padding_idx=0)
+        if config.has_task_prompt:
+            self.task_prompts = nn.Parameter(torch.empty(len(TASKS), config.task_prompt_length, d).uniform_(-0.1, 0.1))
+        if config.has_user_prompt:
+            cf = torch.zeros(n_users, config.cf_dim)
+            if config.cf_trainable:
+                self.cf_users = nn.Parameter(cf)
+            else:
+                self.register_buffer("cf_users", cf)
+            self.register_buffer("cf_items", torch.zeros(n_items, config.cf_dim))
+            self.register_buffer("neighbor_index", torch.zeros(n_users, config.n_neighbors, dtype=torch.long))
+            if config.composer == "neighbors":
+                self.composer = NeighborComposer(config.cf_dim, d, config.user_prompt_length, config.n_heads)
+            else:
+                self.composer = PoolComposer(config.cf_dim, d, config.user_prompt_length, config.pool_size)
+
+    # ---- prompts ------------------------------------------------------------------------------
+    def user_prompts(
+        self,
+        users: torch.Tensor | None = None,
+        cf_query: torch.Tensor | None = None,
+        neighbors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """User prompts [B, L, d_model].
+
+        Args:
+            users: [B] internal indices of training users; or
+            cf_query: [B, cf_dim] folded-in CF vectors of unseen users, with `neighbors` [B, k].
+        """
+        if cf_query is None:
+            cf_query, neighbors = self.cf_users[users], self.neighbor_index[users]
+        elif neighbors is None:
+            neighbors = self.neighbors_of(cf_query)
+        return self.composer(cf_query, self.cf_users[neighbors])
+
+    def neighbors_of(self, cf_query: torch.Tensor) -> torch.Tensor:
+        """[B, k] nearest training users of arbitrary CF vectors (cold-start users)."""
+        return nearest_neighbors(cf_query, self.cf_users.detach(), self.config.n_neighbors).to(cf_query.device)
+
+    def fold_in(self, item_lists: list[list[int]]) -> torch.Tensor:
+        """CF vectors [B, cf_dim] of users known only by their items (internal indices)."""
+        return fold_in(item_lists, self.cf_items.cpu(), self.config.als()).to(self.cf_items.device)
+
+    def encoder_inputs(
+        self,
+        task_ids: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        whole_word_ids: torch.Tensor,
+        users: torch.Tensor | None = None,
+        cf_query: torch.Tensor | None = None,
+        neighbors: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Build the encoder input.
+
+        Args:
+            task_ids: [B] index into TASKS for each example.
+            input_ids, attention_mask, whole_word_ids: [B, T].
+            users / cf_query / neighbors: who the prompt is for (see `user_prompts`); unused for p5/pod.
+        Returns:
+            embeds [B, prompt_length + T, d_model] and attention mask [B, prompt_length + T].
+        """
+        parts = []
+        if self.config.has_task_prompt:
+            parts.append(self.task_prompts[task_ids])
+        if self.config.has_user_prompt:
+            parts.append(self.user_prompts(users, cf_query, neighbors))
+        tokens = self.t5.get_input_embeddings()(input_ids) + self.whole_word(whole_word_ids)
+        parts.append(tokens)
+        embeds = torch.cat(parts, dim=1) if len(parts) > 1 else tokens
+        prompt_mask = attention_mask.new_ones(attention_mask.shape[0], self.config.prompt_length)
+        return embeds, torch.cat([prompt_mask, attention_mask], dim=1)
+
+    def encode(self, task_ids, input_ids, attention_mask, whole_word_ids, **who) -> tuple[BaseModelOutput, torch.Tensor]:
+        """Run the encoder once. Returns (encoder output [B, S, d_model], attention mask [B, S])."""
+        embeds, mask = self.encoder_inputs(task_ids, input_ids, attention_mask, whole_word_ids, **who)
+        return self.t5.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True), mask
+
+    def forward(self, task_ids, input_ids, attention_mask, whole_word_ids, labels, users=None, **who):
+        """Teacher-forced forward; returns the transformers Seq2SeqLMOutput (with `.loss`)."""
+        encoder_out, mask = self.encode(task_ids, input_ids, attention_mask, whole_word_ids, users=users, **who)
+        return self.t5(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, return_dict=True)
+
+
+# ---- construction, saving, loading --------------------------------------------------------------
+def _backbone_config(config: ModelConfig, vocab_size: int) -> T5Config:
+    p = dict(PRESETS[config.backbone])
+    p["vocab_size"] = vocab_size
+    return T5Config(
+        **p, dropout_rate=config.dropout, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        feed_forward_proj="relu", tie_word_embeddings=True,
+    )
+
+
+def build_model(config: ModelConfig, dataset: Dataset, index: ItemIndex):
+    """A new model for `dataset`: tokenizer, backbone, and CF embeddings from training interactions only.
+
+    Returns (model, tokenizer).
+    """
+    torch.manual_seed(config.seed)
+    atomic = index.all_item_texts() if index.is_atomic else []
+    if config.backbone in PRESETS:
+        vocab = config.vocab_size or PRESETS[config.backbone]["vocab_size"]
+        sentences = [e.text for e in dataset.explanations_for("train")]
+        users = [user_text(u) for u in range(dataset.n_users)]
+        items = [] if index.is_atomic else index.all_item_texts()
+        tokenizer = train_tokenizer(template_corpus(users, items, sentences), vocab, atomic)
+        t5 = T5ForConditionalGeneration(_backbone_config(config, len(tokenizer)))
+    else:
+        path = Path(config.backbone)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model.backbone {config.backbone!r} is neither a preset ({', '.join(PRESETS)}) nor a local directory"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        t5 = T5ForConditionalGeneration.from_pretrained(path)
+        if atomic:
+            tokenizer.add_tokens(atomic)
+            t5.resize_token_embeddings(len(tokenizer))
+    model = PeaPOD(config, t5, dataset.n_users, dataset.n_items)
+    if config.has_user_prompt:
+        user_f, item_f = train_als([dataset.train_items(u) for u in range(dataset.n_users)], dataset.n_items, config.als())
+        with torch.no_grad():
+            model.cf_users.copy_(user_f)
+            model.cf_items.copy_(item_f)
+            model.neighbor_index.copy_(nearest_neighbors(user_f, user_f, config.n_neighbors, exclude_self=True))
+    return model, tokenizer
+
+
+@dataclass
+class ModelBundle:
+    """A model with what it needs to read and write text: tokenizer, item index and raw ids."""
+
+    model: PeaPOD
+    tokenizer: object
+    index: ItemIndex
+    user_ids: list[str]
+    item_ids: list[str]
+    extra: dict = field(default_factory=dict)
+
+
+def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
+    """Write a model directory atomically: weights (safetensors), JSON config, tokenizer, id maps."""
+    with atomic_directory(directory) as tmp:
+        save_model(bundle.model, str(tmp / "model.safetensors"))
+        write_json_atomic(
+            tmp / "config.json",
+            {
+                "format": "peapod-model/1",
+                "model": asdict(bundle.model.config),
+                "backbone": bundle.model.t5.config.to_dict(),
+                "n_users": len(bundle.user_ids),
+                "n_items": len(bundle.item_ids),
+                **bundle.extra,
+            },
+        )
+        write_json_atomic(
+            tmp / "id_maps.json",
+            {"user_ids": bundle.user_ids, "item_ids": bundle.item_ids, "index": bundle.index.to_dict()},
+        )
+        bundle.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Rebuild the exact model saved by `save_bundle`. No pickle: safetensors and JSON only."""
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{directory} is not a peapod model directory (no model.safetensors)")
+    meta = json.loads((directory / "config.json").read_text())
+    maps = json.loads((directory / "id_maps.json").read_text())
+    config = ModelConfig.from_dict(meta["model"])
+    t5_config = T5Config.from_dict(meta["backbone"])
+    t5 = T5ForConditionalGeneration(t5_config)
+    model = PeaPOD(config, t5, meta["n_users"], meta["n_items"])
+    load_model(model, str(directory / "model.safetensors"), strict=True, device=str(device))
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
+    extra = {k: v for k, v in meta.items() if k not in ("format", "model", "backbone", "n_users", "n_items")}
+    return ModelBundle(model, tokenizer, ItemIndex.from_dict(maps["index"]), maps["user_ids"], maps["item_ids"], extra)
