@@ -135,6 +135,9 @@ class PeaPOD(nn.Module):
             cf_query: [B, cf_dim] folded-in CF vectors of unseen users, with `neighbors` [B, k].
         """
         if cf_query is None:
+            if users is None:
+                # cf_users[None] would silently broadcast to all users and fail deep in the composer.
+                raise ValueError("variant 'peapod' needs `users` (training users) or `cf_query` (folded-in users)")
             cf_query, neighbors = self.cf_users[users], self.neighbor_index[users]
         elif neighbors is None:
             neighbors = self.neighbors_of(cf_query)
@@ -220,7 +223,7 @@ def build_model(config: ModelConfig, dataset: Dataset, index: ItemIndex):
                 f"model.backbone {config.backbone!r} is neither a preset ({', '.join(PRESETS)}) nor a local directory"
             )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        t5 = T5ForConditionalGeneration.from_pretrained(path)
+        t5 = T5ForConditionalGeneration.from_pretrained(path, dropout_rate=config.dropout)
         if atomic:
             tokenizer.add_tokens(atomic)
             t5.resize_token_embeddings(len(tokenizer))
@@ -246,8 +249,11 @@ class ModelBundle:
     extra: dict = field(default_factory=dict)
 
 
-def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
-    """Write a model directory atomically: weights (safetensors), JSON config, tokenizer, id maps."""
+def save_bundle(bundle: ModelBundle, directory: str | Path, extra_files=None) -> None:
+    """Write a model directory atomically: weights (safetensors), JSON config, tokenizer, id maps.
+
+    `extra_files(tmp_dir)`, when given, writes more files into the directory before it is renamed.
+    """
     with atomic_directory(directory) as tmp:
         save_model(bundle.model, str(tmp / "model.safetensors"))
         write_json_atomic(
@@ -266,6 +272,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> None:
             {"user_ids": bundle.user_ids, "item_ids": bundle.item_ids, "index": bundle.index.to_dict()},
         )
         bundle.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if extra_files is not None:
+            extra_files(tmp)
 
 
 def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> ModelBundle:

@@ -137,3 +137,23 @@ def encode_targets(tokenizer, texts: list[str], max_length: int) -> torch.Tensor
     labels = enc["input_ids"].clone()
     labels[enc["attention_mask"] == 0] = -100
     return labels
+
+
+def eval_template(variant: str) -> int | None:
+    """Template for validation/test inputs: the bare form, except for P5, whose only task signal is the
+    discrete prompt (it gets the first template of each task)."""
+    return 0 if variant == "p5" else None
+
+
+def source_text(task: str, template: int | None, user: str, items: list[str]) -> str:
+    """The encoder text of one example.
+
+    `items` is the history (sequential), the candidates (topn) or the one item (explanation).
+    """
+    if task == "sequential":
+        return fill_template(task, template, user=user, history=" ".join(items))
+    if task == "topn":
+        return fill_template(task, template, user=user, candidates=" ".join(items))
+    if task == "explanation":
+        return fill_template(task, template, user=user, item=items[0])
+    raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")

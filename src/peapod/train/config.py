@@ -1,0 +1,147 @@
+"""The one run configuration: YAML validated by pydantic, with `--set section.key=value` overrides.
+
+Sections: data / index / model / train / eval. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from peapod.model.peapod import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration: one message that says what is wrong and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    path: str | None = Field(None, description="P5 directory, interactions table, or 'demo'")
+    negatives_seed: int = 0
+    explanation_val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class IndexSection(_Section):
+    strategy: Literal["p5-sequential", "random", "atomic"] = "p5-sequential"
+    seed: int = 0
+
+
+class ModelSection(_Section):
+    variant: Literal["p5", "pod", "peapod"] = "peapod"
+    composer: Literal["neighbors", "pool"] = "neighbors"
+    backbone: str = "tiny"
+    task_prompt_length: int = Field(3, ge=1)
+    user_prompt_length: int = Field(3, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_neighbors: int = Field(10, ge=1)
+    pool_size: int = Field(20, ge=1)
+    cf_dim: int = Field(64, ge=2)
+    cf_trainable: bool = False
+    cf_reg: float = Field(0.1, gt=0)
+    cf_alpha: float = Field(10.0, ge=0)
+    cf_iterations: int = Field(15, ge=1)
+    vocab_size: int | None = Field(None, ge=16)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainSection(_Section):
+    seed: int = 0
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    patience: int = Field(5, ge=1)
+    schedule: Literal["rotate", "mixed"] = "rotate"
+    tasks: list[Literal["sequential", "topn", "explanation"]] = ["sequential", "topn", "explanation"]
+    max_history: int = Field(20, ge=1)
+    topn_candidates: int = Field(100, ge=2, description="1 positive + negatives in a training top-n input")
+    user_dropout: float = Field(0.1, ge=0, le=1)
+    max_input_length: int = Field(512, ge=8)
+    max_target_length: int = Field(64, ge=4)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    val_max_users: int | None = Field(1000, ge=1)
+    bf16: bool = True
+    deterministic: bool = False
+    device: str = "auto"
+
+
+class EvalSection(_Section):
+    protocol: Literal["legacy", "rigorous"] = "rigorous"
+    max_users: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seeds: list[int] = [0]
+
+
+class RunConfig(_Section):
+    data: DataSection = DataSection()
+    index: IndexSection = IndexSection()
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+
+    def architecture(self) -> ModelConfig:
+        m = self.model.model_dump()
+        return ModelConfig(**m, seed=self.train.seed)
+
+
+def _parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set key must name a section and a key (e.g. train.lr), got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+    return path, value
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{loc}: {msg}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML (or start from the defaults), apply overrides, validate. Raises ConfigError."""
+    raw: dict = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {k} is not a section")
+        node[keys[-1]] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None

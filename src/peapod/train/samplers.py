@@ -1,0 +1,169 @@
+"""Task samplers: training and validation examples for the three tasks, following PeaPOD/POD.
+
+An epoch's examples and batches are a pure function of (seed, epoch), so a run resumed at batch
+position p of epoch e sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from peapod.data.dataset import Dataset, Explanation
+from peapod.data.indexing import ItemIndex, user_text
+from peapod.model.text import GENERIC_USER, TEMPLATES, eval_template, source_text
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (input, target) pair. `user` is the internal user index (its prompt), `task` one of TASKS."""
+
+    task: str
+    user: int
+    source: str
+    target: str
+
+
+def _user_str(user: int, rng: random.Random | None, dropout: float) -> str:
+    # User-id dropout: the prompt, not the id string, has to carry the user.
+    if rng is not None and dropout > 0 and rng.random() < dropout:
+        return GENERIC_USER
+    return user_text(user)
+
+
+def sample_negatives_for(user_items: set[int], n_items: int, count: int, rng: random.Random) -> list[int]:
+    """`count` distinct items the user never interacted with, uniform, by rejection."""
+    available = n_items - len(user_items)
+    if available < count:
+        raise ValueError(f"only {available} non-interacted items, {count} negatives asked for")
+    out: list[int] = []
+    seen: set[int] = set()
+    while len(out) < count:
+        i = rng.randrange(n_items)
+        if i not in user_items and i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def sequential_train(ds: Dataset, index: ItemIndex, rng: random.Random, max_history: int, dropout: float) -> list[Example]:
+    """One example per user: a random contiguous segment of the training history -> the next item."""
+    out = []
+    for u in range(ds.n_users):
+        train = ds.train_items(u)
+        if len(train) < 2:
+            continue
+        t = rng.randrange(1, len(train))  # target position; never the last two items of the sequence
+        start = rng.randrange(max(0, t - max_history), t)
+        hist = [index.item_text(i) for i in train[start:t]]
+        template = rng.randrange(len(TEMPLATES["sequential"]))
+        out.append(Example("sequential", u, source_text("sequential", template, _user_str(u, rng, dropout), hist), index.item_text(train[t])))
+    return out
+
+
+def topn_train(ds: Dataset, index: ItemIndex, rng: random.Random, n_candidates: int, dropout: float) -> list[Example]:
+    """One example per user: a training positive among n_candidates-1 fresh negatives, shuffled."""
+    out = []
+    for u in range(ds.n_users):
+        train = ds.train_items(u)
+        if not train:
+            continue
+        pos = train[rng.randrange(len(train))]
+        cands = sample_negatives_for(set(ds.sequences[u]), ds.n_items, n_candidates - 1, rng) + [pos]
+        rng.shuffle(cands)
+        template = rng.randrange(len(TEMPLATES["topn"]))
+        src = source_text("topn", template, _user_str(u, rng, dropout), [index.item_text(i) for i in cands])
+        out.append(Example("topn", u, src, index.item_text(pos)))
+    return out
+
+
+def explanation_examples(
+    records: list[Explanation], index: ItemIndex, rng: random.Random | None, dropout: float, template: int | None
+) -> list[Example]:
+    """(user, item) -> sentence. With `rng`, each example gets a random template (training)."""
+    out = []
+    for e in records:
+        t = rng.randrange(len(TEMPLATES["explanation"])) if rng is not None else template
+        src = source_text("explanation", t, _user_str(e.user, rng, dropout), [index.item_text(e.item)])
+        out.append(Example("explanation", e.user, src, e.text))
+    return out
+
+
+def split_explanations(ds: Dataset, val_fraction: float, seed: int) -> tuple[list[Explanation], list[Explanation]]:
+    """(train, validation) explanation records. When the data has no validation records, a seeded
+    `val_fraction` of the training records is held out for validation and not trained on."""
+    train, val = ds.explanations_for("train"), ds.explanations_for("val")
+    if val or not train or val_fraction <= 0:
+        return train, val
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, int(round(len(train) * val_fraction)))
+    held = set(order[:n_val].tolist())
+    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
+
+
+def epoch_batches(
+    ds: Dataset,
+    index: ItemIndex,
+    explanations: list[Explanation],
+    tasks: list[str],
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    schedule: str,
+    max_history: int,
+    topn_candidates: int,
+    user_dropout: float,
+) -> list[list[Example]]:
+    """All batches of one epoch, in order.
+
+    `rotate` (the published schedule): each batch holds one task, and tasks take turns.
+    `mixed`: examples of all tasks shuffled together.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    per_task: dict[str, list[Example]] = {}
+    if "sequential" in tasks:
+        per_task["sequential"] = sequential_train(ds, index, rng, max_history, user_dropout)
+    if "topn" in tasks:
+        per_task["topn"] = topn_train(ds, index, rng, topn_candidates, user_dropout)
+    if "explanation" in tasks and explanations:
+        per_task["explanation"] = explanation_examples(explanations, index, rng, user_dropout, None)
+    if schedule == "mixed":
+        everything = [ex for exs in per_task.values() for ex in exs]
+        rng.shuffle(everything)
+        return [everything[i : i + batch_size] for i in range(0, len(everything), batch_size)]
+    queues = []
+    for exs in per_task.values():
+        rng.shuffle(exs)
+        queues.append([exs[i : i + batch_size] for i in range(0, len(exs), batch_size)])
+    batches = []
+    for turn in range(max((len(q) for q in queues), default=0)):
+        batches.extend(q[turn] for q in queues if turn < len(q))
+    return batches
+
+
+def validation_examples(
+    ds: Dataset,
+    index: ItemIndex,
+    variant: str,
+    explanations_val: list[Explanation],
+    negatives: list[list[int]],
+    max_history: int,
+    max_users: int | None,
+    split: str = "val",
+) -> dict[str, list[Example]]:
+    """Fixed validation examples per task, in the evaluation input form, for validation losses."""
+    template = eval_template(variant)
+    users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
+    out: dict[str, list[Example]] = {"sequential": [], "topn": [], "explanation": []}
+    for u in users:
+        history, target = ds.history_and_target(u, split)
+        hist = [index.item_text(i) for i in history[-max_history:]]
+        out["sequential"].append(Example("sequential", u, source_text("sequential", template, user_text(u), hist), index.item_text(target)))
+        cands = [target] + list(negatives[u])
+        random.Random(u).shuffle(cands)
+        src = source_text("topn", template, user_text(u), [index.item_text(i) for i in cands])
+        out["topn"].append(Example("topn", u, src, index.item_text(target)))
+    out["explanation"] = explanation_examples(explanations_val, index, None, 0.0, template)
+    return {k: v for k, v in out.items() if v}

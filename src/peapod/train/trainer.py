@@ -1,0 +1,297 @@
+"""The training loop: multi-task, resumable, single process or torchrun/DDP.
+
+One function, `train(config, out_dir)`. Run directory layout:
+    config.json            the resolved configuration
+    negative_samples.txt   the fixed 1+99 top-n candidates every evaluation of this run uses
+    checkpoint/            latest resumable checkpoint (model directory + optimizer/RNG/trainer state)
+    best/                  model directory with the lowest mean validation loss
+    log.jsonl              every logged step and every epoch's validation losses
+    tb/                    TensorBoard events
+    summary.json           written when training ends
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from peapod.data import build_item_index
+from peapod.data.dataset import Dataset
+from peapod.data.loaders import load_dataset
+from peapod.data.negatives import ensure_negatives, write_negatives
+from peapod.io import write_json_atomic
+from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
+from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
+from peapod.train.checkpoint import load_checkpoint, save_checkpoint
+from peapod.train.config import RunConfig
+from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
+
+
+# ---- distributed --------------------------------------------------------------------------------
+def _dist_setup(device_pref: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun, joins the process group (nccl on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu" if device_pref in ("auto", "cpu") else device_pref)
+
+
+def _all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over all parameters and buffers, in name order: equal digests mean equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---- batches ------------------------------------------------------------------------------------
+def collate(examples: list[Example], tokenizer, cfg: RunConfig, max_words: int, device: torch.device) -> dict:
+    """Tensors for one batch of examples (any mix of tasks)."""
+    enc = encode_inputs(tokenizer, [e.source for e in examples], cfg.train.max_input_length, max_words)
+    labels = encode_targets(tokenizer, [e.target for e in examples], cfg.train.max_target_length)
+    return {
+        "task_ids": torch.tensor([TASK_IDS[e.task] for e in examples], device=device),
+        "users": torch.tensor([e.user for e in examples], device=device),
+        "input_ids": enc.input_ids.to(device),
+        "attention_mask": enc.attention_mask.to(device),
+        "whole_word_ids": enc.whole_word_ids.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def _shard(batch: list[Example], rank: int, world: int) -> list[Example]:
+    # Every rank takes a slice of the same global batch, so all ranks train the same task each step.
+    return batch[rank::world]
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+@torch.no_grad()
+def validation_losses(model, examples: dict[str, list[Example]], tokenizer, cfg, max_words, device, rank, world, autocast) -> dict[str, float]:
+    """Mean token loss per task on fixed validation examples (all-reduced across ranks)."""
+    model.eval()
+    out = {}
+    for task, exs in examples.items():
+        mine = exs[rank::world]
+        total, count = 0.0, 0
+        for i in range(0, len(mine), cfg.eval.batch_size):
+            chunk = mine[i : i + cfg.eval.batch_size]
+            batch = collate(chunk, tokenizer, cfg, max_words, device)
+            with autocast():
+                loss = model(**batch).loss
+            total += float(loss) * len(chunk)
+            count += len(chunk)
+        total, count = _all_reduce_sum([total, float(count)], device, world)
+        out[task] = total / max(count, 1.0)
+    model.train()
+    return out
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def prepare_data(cfg: RunConfig, out_dir: Path, write: bool) -> tuple[Dataset, list[list[int]]]:
+    """Load the dataset and the run's fixed negatives (sampled once, then read back)."""
+    ds = load_dataset(cfg.data.path)
+    cache = out_dir / "negative_samples.txt"
+    if ds.negatives is not None and not cache.exists():
+        if write:  # the dataset ships its own candidates: keep a copy beside the run
+            write_negatives(ds, ds.negatives, cache)
+        return ds, ds.negatives
+    return ds, ensure_negatives(ds, cache, seed=cfg.data.negatives_seed, write=write)
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Train per `cfg` into `out_dir`; resume from `out_dir/checkpoint` when `resume`. Returns the summary."""
+    out_dir = Path(out_dir)
+    rank, world, device = _dist_setup(cfg.train.device)
+    main = rank == 0
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "config.json", cfg.model_dump())
+    ds, negatives = prepare_data(cfg, out_dir, write=main)
+    if world > 1:
+        dist.barrier()
+    explanations_train, explanations_val = split_explanations(ds, cfg.data.explanation_val_fraction, cfg.train.seed)
+
+    ckpt = out_dir / "checkpoint"
+    if resume:
+        if not (ckpt / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {ckpt} has no checkpoint")
+        bundle = load_bundle(ckpt, device="cpu")
+        model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
+        model.train()
+    else:
+        index = build_item_index(ds, cfg.index.strategy, cfg.index.seed)
+        model, tokenizer = build_model(cfg.architecture(), ds, index)
+    model.to(device)
+    bundle = ModelBundle(model, tokenizer, index, ds.user_ids, ds.item_ids, {"dataset": ds.name})
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    plan_args = dict(
+        ds=ds, index=index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
+        batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,
+        topn_candidates=cfg.train.topn_candidates, user_dropout=cfg.train.user_dropout,
+    )
+    batches_per_epoch = len(epoch_batches(epoch=0, **plan_args))
+    total_steps = cfg.train.epochs * batches_per_epoch
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.train.warmup_ratio * total_steps), total_steps))
+
+    state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": []}
+    if resume:
+        state = load_checkpoint(ckpt, optimizer, scheduler)
+
+    max_words = model.config.max_whole_words
+    val_examples = validation_examples(
+        ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users
+    )
+    val_examples = {t: v for t, v in val_examples.items() if t in cfg.train.tasks}
+    use_bf16 = cfg.train.bf16 and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    writer = None
+    log = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+        log = open(out_dir / "log.jsonl", "a", encoding="utf-8")
+
+    def log_event(event: dict) -> None:
+        if main:
+            log.write(json.dumps(event) + "\n")
+            log.flush()
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(ckpt, bundle, optimizer, scheduler, state)
+            log_event({"event": "checkpoint", "step": state["step"], "epoch": state["epoch"], "position": state["position"]})
+        if world > 1:
+            dist.barrier()
+
+    show_bar = main and not quiet and sys.stderr.isatty()
+    stopped_early = False
+    t_start = time.time()
+    model.train()
+    while state["epoch"] < cfg.train.epochs and state["step"] < total_steps and not stopped_early:
+        epoch = state["epoch"]
+        batches = epoch_batches(epoch=epoch, **plan_args)
+        bar = tqdm(total=len(batches), initial=state["position"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True)
+        window_loss, window_n, window_t = 0.0, 0, time.time()
+        while state["position"] < len(batches) and state["step"] < total_steps:
+            examples = batches[state["position"]]
+            batch = collate(_shard(examples, rank, world), tokenizer, cfg, max_words, device)
+            with autocast():
+                loss = ddp(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state["position"] += 1
+            state["step"] += 1
+            window_loss += loss.detach().item()
+            window_n += len(examples)
+            bar.update(1)
+            if state["step"] % cfg.train.log_every == 0:
+                elapsed = time.time() - window_t
+                sps = window_n / max(elapsed, 1e-9)
+                mean_loss = window_loss / cfg.train.log_every
+                log_event({"event": "train", "step": state["step"], "epoch": epoch, "task": examples[0].task, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": sps})
+                if writer:
+                    writer.add_scalar("train/loss", mean_loss, state["step"])
+                    writer.add_scalar("train/samples_per_s", sps, state["step"])
+                bar.set_postfix(loss=f"{mean_loss:.3f}", sps=f"{sps:.0f}")
+                window_loss, window_n, window_t = 0.0, 0, time.time()
+            if state["step"] % cfg.train.checkpoint_every == 0:
+                checkpoint()
+        bar.close()
+        if state["position"] < len(batches):
+            break  # max_steps reached mid-epoch
+        val = validation_losses(ddp, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
+        mean_val = sum(val.values()) / max(len(val), 1)
+        state["history"].append({"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
+        log_event({"event": "validation", "epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
+        if writer:
+            for task, v in val.items():
+                writer.add_scalar(f"val/{task}", v, epoch)
+            writer.add_scalar("val/mean", mean_val, epoch)
+        if mean_val < state["best_val"]:
+            state.update(best_val=mean_val, best_epoch=epoch, bad_epochs=0)
+            if main:
+                save_bundle(bundle, out_dir / "best")
+        else:
+            state["bad_epochs"] += 1
+            stopped_early = state["bad_epochs"] >= cfg.train.patience
+        state.update(epoch=epoch + 1, position=0)
+        checkpoint()
+
+    if state["best_epoch"] is None and main:
+        save_bundle(bundle, out_dir / "best")  # no full epoch ran: the last weights are the best we have
+    digest = weights_digest(model)
+    digests = [digest]
+    if world > 1:
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+    summary = {
+        "steps": state["step"],
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val": state["best_val"] if math.isfinite(state["best_val"]) else None,
+        "stopped_early": stopped_early,
+        "history": state["history"],
+        "world_size": world,
+        "ranks_in_sync": len(set(digests)) == 1,
+        "weights_sha256": digest,
+        "wall_seconds": round(time.time() - t_start, 2),
+        "model": asdict(model.config),
+        "index": index.strategy,
+        "batches_per_epoch": batches_per_epoch,
+    }
+    if main:
+        write_json_atomic(out_dir / "summary.json", summary)
+        log.close()
+        writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
