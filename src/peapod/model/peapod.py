@@ -25,7 +25,7 @@ from peapod.data.indexing import ItemIndex, user_text
 from peapod.io import atomic_directory, write_json_atomic
 from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.model.composer import NeighborComposer, PoolComposer
-from peapod.model.text import TASKS, template_corpus, train_tokenizer
+from peapod.model.text import TASKS, atomic_item_tokens, template_corpus, train_tokenizer
 
 VARIANTS = ("p5", "pod", "peapod")
 COMPOSERS = ("neighbors", "pool")
@@ -139,7 +139,9 @@ class PeaPOD(nn.Module):
                 # cf_users[None] would silently broadcast to all users and fail deep in the composer.
                 raise ValueError("variant 'peapod' needs `users` (training users) or `cf_query` (folded-in users)")
             cf_query, neighbors = self.cf_users[users], self.neighbor_index[users]
-        elif neighbors is None:
+        if self.config.composer == "pool":
+            return self.composer(cf_query)
+        if neighbors is None:
             neighbors = self.neighbors_of(cf_query)
         return self.composer(cf_query, self.cf_users[neighbors])
 
@@ -225,7 +227,7 @@ def build_model(config: ModelConfig, dataset: Dataset, index: ItemIndex):
         tokenizer = AutoTokenizer.from_pretrained(path)
         t5 = T5ForConditionalGeneration.from_pretrained(path, dropout_rate=config.dropout)
         if atomic:
-            tokenizer.add_tokens(atomic)
+            tokenizer.add_tokens(atomic_item_tokens(atomic))
             t5.resize_token_embeddings(len(tokenizer))
     model = PeaPOD(config, t5, dataset.n_users, dataset.n_items)
     if config.has_user_prompt:
@@ -233,7 +235,8 @@ def build_model(config: ModelConfig, dataset: Dataset, index: ItemIndex):
         with torch.no_grad():
             model.cf_users.copy_(user_f)
             model.cf_items.copy_(item_f)
-            model.neighbor_index.copy_(nearest_neighbors(user_f, user_f, config.n_neighbors, exclude_self=True))
+            if config.composer == "neighbors":
+                model.neighbor_index.copy_(nearest_neighbors(user_f, user_f, config.n_neighbors, exclude_self=True))
     return model, tokenizer
 
 

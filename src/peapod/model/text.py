@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
 TASKS = ("explanation", "sequential", "topn")
@@ -85,8 +86,13 @@ def train_tokenizer(corpus: list[str], vocab_size: int, atomic_tokens: list[str]
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     if atomic_tokens:
-        fast.add_tokens(list(atomic_tokens))
+        fast.add_tokens(atomic_item_tokens(atomic_tokens))
     return fast
+
+
+def atomic_item_tokens(texts) -> list[AddedToken]:
+    """Atomic item tokens that absorb the space before them, so `a <item_3>` is two tokens, not three."""
+    return [AddedToken(t, lstrip=True, normalized=False) for t in texts]
 
 
 @dataclass
