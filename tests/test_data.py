@@ -32,16 +32,8 @@ from peapod.data import (
 )
 from peapod.data.indexing import dataset_numbers
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
 
-
-@pytest.fixture
-def shared() -> Path:
-    """The staged shared data directory; skips the test when it is not there."""
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED} (expected ../shared/data beside the repository)")
-    return SHARED
 
 
 # ---- small fixtures ------------------------------------------------------------------------------

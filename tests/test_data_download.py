@@ -19,15 +19,8 @@ from typer.testing import CliRunner
 from peapod.cli import app
 from peapod.data.download import SOURCES, DownloadError, Source, download_dataset, sources_for
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
 
-
-@pytest.fixture
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data not found at {SHARED} (expected ../shared/data beside the repository)")
-    return SHARED
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
