@@ -51,8 +51,10 @@ def score_candidates(
     for s in range(0, b * c, chunk_size):
         users = flat_users[s : s + chunk_size]
         items = flat_items[s : s + chunk_size]
-        labels = item_ids[items].to(device)  # [n, T]
-        mask = item_mask[items].to(device)
+        # Index on the item matrix's own device: a CPU matrix cannot be indexed with CUDA indices.
+        rows = items.to(item_ids.device)
+        labels = item_ids[rows].to(device)  # [n, T]
+        mask = item_mask[rows].to(device)
         # Trim trailing all-pad columns of this chunk.
         width = int(mask.sum(1).max())
         labels, mask = labels[:, :width], mask[:, :width]

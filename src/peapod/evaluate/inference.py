@@ -1,0 +1,615 @@
+"""Inference over a trained model, shared by evaluation and serving.
+
+A `Predictor` wraps a `ModelBundle` and answers batches of `Request`s, each one (task, user, items):
+
+* `encode(requests)` writes every request's encoder text in the evaluation form (the bare template for
+  pod/peapod, template 0 for p5; see `peapod.model.text.eval_template`), tokenizes the batch and runs
+  the encoder **once**. Every other method accepts either a list of requests or that `Encoded` batch,
+  so one encoder pass can feed several decoders.
+* users: `Request.user` is a training user's internal index; `None` is a user the model never saw.
+  An unseen user is written with the generic user text (`GENERIC_USER`) and, for the peapod variant,
+  gets a prompt from CF vectors folded in from its items (`model.fold_in`) and their nearest training
+  users (`model.neighbors_of`). Which items: `Request.profile`, defaulting to the history for the
+  sequential task and to the item for explanation.
+* item scores are exact teacher-forced log-likelihoods (EOS included), computed with the prefix-tree
+  scorer of `peapod.evaluate.prefix_scoring` (same numbers as `scoring.score_candidates`, faster);
+  `method="naive"` uses `scoring.py` directly.
+* generation passes the encoder output to `model.t5.generate(encoder_outputs=...)`, so the encoder is
+  not rerun per beam.
+
+The item token matrix, the item trie (constrained decoding) and the prefix tree are built on first use
+and cached per predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LogitsProcessorList
+from transformers.modeling_outputs import BaseModelOutput
+
+from peapod.data.indexing import user_text
+from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
+from peapod.evaluate.scoring import item_token_matrix, score_all_items, score_candidates
+from peapod.evaluate.topk_search import TreeChildren, search_top_k
+from peapod.evaluate.trie import ItemTrie, TrieLogitsProcessor, decode_items
+from peapod.model.peapod import ModelBundle, load_bundle
+from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
+
+__all__ = [
+    "EXPLANATION_DECODINGS",
+    "BeamResult",
+    "Encoded",
+    "Predictor",
+    "Request",
+    "normalize_task",
+    "resolve_model_dir",
+]
+
+_TASK_ALIASES = {
+    "sequential": "sequential", "seq": "sequential",
+    "topn": "topn", "top-n": "topn", "top_n": "topn",
+    "explanation": "explanation", "exp": "explanation",
+}
+
+#: Explanation decodings: name -> generate() settings. `max_length`/`min_length` count decoder
+#: positions including the decoder start token (transformers' meaning, as in the published code).
+#: `legacy` is what the published PeaPOD explanation decoding reduces to: it calls group beam search
+#: with 21 beams, 3 groups and diversity_penalty 0.0; with a zero penalty no diversity processor is
+#: added, the 3 groups of 7 beams evolve identically, and the top hypothesis is that of plain beam
+#: search with 7 beams. (Group beam search is no longer in transformers 5 core, so it is run as that.)
+EXPLANATION_DECODINGS: dict[str, dict] = {
+    "greedy": {"num_beams": 1, "max_length": 50},
+    "beam": {"num_beams": 4, "max_length": 50},
+    "legacy": {"num_beams": 7, "min_length": 10, "max_length": 50},
+}
+
+
+def normalize_task(task: str) -> str:
+    """`seq`/`topn`/`exp` (or the full names) -> a name in TASKS."""
+    try:
+        return _TASK_ALIASES[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; tasks are sequential (seq), topn, explanation (exp)") from None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request; all indices are internal (see `Predictor.user_index/item_index`).
+
+    Attributes:
+        task: "sequential" | "topn" | "explanation" (aliases "seq", "exp").
+        items: the history, oldest first (sequential; the last `max_history` are used), the
+            candidates in input order (topn), or exactly one item (explanation).
+        user: a training user's index, or None for a user the model never saw.
+        profile: items an unseen user interacted with, for folding in its CF vector (peapod only).
+            Default: `items` for sequential and explanation; top-n needs it.
+    """
+
+    task: str
+    items: tuple[int, ...]
+    user: int | None = None
+    profile: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "task", normalize_task(self.task))
+        object.__setattr__(self, "items", tuple(int(i) for i in self.items))
+        if self.user is not None:
+            object.__setattr__(self, "user", int(self.user))
+        if self.profile is not None:
+            object.__setattr__(self, "profile", tuple(int(i) for i in self.profile))
+        if self.task == "explanation" and len(self.items) != 1:
+            raise ValueError(f"an explanation request names exactly one item, got {len(self.items)}")
+        if self.task == "topn" and not self.items:
+            raise ValueError("a top-n request needs at least one candidate item")
+
+
+@dataclass
+class Encoded:
+    """Encoder output of a batch of requests.
+
+    hidden: [B, S, d] encoder states; mask: [B, S] attention mask (soft prompts included);
+    truncated: per request, whether its text was cut at `max_input_length` tokens.
+    """
+
+    requests: list[Request]
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    truncated: list[bool] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+@dataclass
+class BeamResult:
+    """Ranked items from beam search, one list per request (best first).
+
+    items: item indices, -1 where an output is not a catalogue item (`invalid` counts them);
+    scores: transformers' beam scores (sum of log-probs / length ** length_penalty);
+    texts: the decoded outputs.
+    """
+
+    items: list[list[int]]
+    scores: list[list[float]]
+    texts: list[list[str]]
+    invalid: int
+    total: int
+
+
+def resolve_model_dir(path: str | Path) -> tuple[Path, Path | None, dict | None]:
+    """(model directory, run directory or None, the run's resolved config or None).
+
+    `path` is a run directory (its `best/` model is used) or a model directory (a run's `best/` or
+    `checkpoint/`, whose parent run directory is picked up when it has one, or a bare model).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+
+    def run_config(d: Path) -> dict | None:
+        f = d / "config.json"
+        if not f.is_file():
+            return None
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cfg if isinstance(cfg, dict) and "data" in cfg and "train" in cfg else None
+
+    if (path / "model.safetensors").is_file():
+        cfg = run_config(path.parent)
+        return path, (path.parent if cfg is not None else None), cfg
+    cfg = run_config(path)
+    if cfg is not None:
+        if (path / "best" / "model.safetensors").is_file():
+            return path / "best", path, cfg
+        raise FileNotFoundError(f"run directory {path} has no trained model yet (no best/model.safetensors)")
+    raise FileNotFoundError(f"{path} is neither a run directory (config.json + best/) nor a model directory (model.safetensors)")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Scores, beams and explanations for batches of requests over one trained model.
+
+    Args:
+        bundle: the model with its tokenizer, item index and id maps (`load_bundle`).
+        device: where to run; default CUDA when available, else CPU.
+        max_history: most recent history items written into a sequential input (the run's
+            `train.max_history`; `Predictor.load` reads it from the run directory).
+        max_input_length: encoder token budget; longer inputs are cut and reported in
+            `Encoded.truncated` (the default leaves room for 100 top-n candidates).
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        device: str | torch.device | None = None,
+        max_history: int = 20,
+        max_input_length: int = 1024,
+    ):
+        self.bundle = bundle
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model = bundle.model.to(self.device).eval()
+        self.tokenizer = bundle.tokenizer
+        self.index = bundle.index
+        self.max_history = int(max_history)
+        self.max_input_length = int(max_input_length)
+        self.template = eval_template(self.model.config.variant)
+        self._lock = threading.Lock()
+        self._item_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._trie: ItemTrie | None = None
+        self._tree: PrefixTree | None = None
+        self._children: TreeChildren | None = None
+        self._user_index: dict[str, int] | None = None
+        self._item_index: dict[str, int] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> "Predictor":
+        """A predictor for a run directory or a model directory (see `resolve_model_dir`).
+
+        `max_history` defaults to the run's `train.max_history` when the run config is found.
+        """
+        model_dir, _, cfg = resolve_model_dir(path)
+        if cfg is not None and "max_history" not in kwargs:
+            kwargs["max_history"] = int(cfg.get("train", {}).get("max_history", 20))
+        return cls(load_bundle(model_dir, device="cpu"), device=device, **kwargs)
+
+    # ---- facts about the model ----------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self.bundle.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.bundle.user_ids)
+
+    @property
+    def variant(self) -> str:
+        return self.model.config.variant
+
+    @property
+    def indexing(self) -> str:
+        return self.index.strategy
+
+    def user_index(self, raw_id: str) -> int | None:
+        """Internal index of a raw (dataset) user id, or None for a user the model never saw."""
+        if self._user_index is None:
+            self._user_index = {u: i for i, u in enumerate(self.bundle.user_ids)}
+        return self._user_index.get(str(raw_id))
+
+    def item_index(self, raw_id: str) -> int | None:
+        """Internal index of a raw item id, or None when it is not in the catalogue."""
+        if self._item_index is None:
+            self._item_index = {u: i for i, u in enumerate(self.bundle.item_ids)}
+        return self._item_index.get(str(raw_id))
+
+    def parse_item(self, text: str) -> int:
+        """Item index named by the first whitespace-separated word of a generated text, else -1."""
+        words = text.split()
+        item = self.index.parse(words[0]) if words else None
+        return -1 if item is None else item
+
+    # ---- cached item structures ---------------------------------------------------------------
+    @property
+    def item_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N, T] decoder token ids of every item, EOS included, padded; [N, T] mask), on CPU."""
+        if self._item_tokens is None:
+            with self._lock:
+                if self._item_tokens is None:
+                    self._item_tokens = item_token_matrix(self.tokenizer, self.index.all_item_texts())
+        return self._item_tokens
+
+    @property
+    def trie(self) -> ItemTrie:
+        """Prefix trie of the item token sequences (constrained decoding), on the model's device."""
+        if self._trie is None:
+            ids, mask = self.item_tokens
+            seqs = [row[: int(n)] for row, n in zip(ids.tolist(), mask.sum(1).tolist())]
+            t5 = self.model.t5.config
+            trie = ItemTrie.build(seqs, vocab_size=t5.vocab_size, eos_token_id=t5.eos_token_id).to(self.device)
+            with self._lock:
+                self._trie = self._trie or trie
+        return self._trie
+
+    @property
+    def prefix_tree(self) -> PrefixTree:
+        """Prefix tree over all items for exact scoring (CPU tensors)."""
+        if self._tree is None:
+            ids, mask = self.item_tokens
+            tree = PrefixTree.build(ids, mask, self.model.t5.config.decoder_start_token_id)
+            with self._lock:
+                self._tree = self._tree or tree
+        return self._tree
+
+    @property
+    def tree_children(self) -> TreeChildren:
+        """Child lists of the prefix tree (exact top-k search)."""
+        if self._children is None:
+            children = TreeChildren.build(self.prefix_tree)
+            with self._lock:
+                self._children = self._children or children
+        return self._children
+
+    def warm_up(self) -> None:
+        """Build every cache now (item tokens, trie, prefix tree) instead of on first use."""
+        _ = self.item_tokens, self.trie, self.prefix_tree, self.tree_children
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def _check(self, r: Request) -> None:
+        if r.user is not None and not 0 <= r.user < self.n_users:
+            raise ValueError(f"user index {r.user} out of range (the model has {self.n_users} users)")
+        for i in r.items + (r.profile or ()):
+            if not 0 <= i < self.n_items:
+                raise ValueError(f"item index {i} out of range (the catalogue has {self.n_items} items)")
+
+    def input_items(self, request: Request) -> tuple[int, ...]:
+        """The items written into the request's input (sequential: the last `max_history`)."""
+        if request.task == "sequential":
+            return request.items[-self.max_history :] if self.max_history > 0 else ()
+        return request.items
+
+    def source_text(self, request: Request) -> str:
+        """The encoder text of a request, in the evaluation form."""
+        who = user_text(request.user) if request.user is not None else GENERIC_USER
+        items = [self.index.item_text(i) for i in self.input_items(request)]
+        return source_text(request.task, self.template, who, items)
+
+    def _who(self, requests: list[Request]) -> dict:
+        """Prompt owners for `model.encode`: CF vectors and neighbours of every row."""
+        model = self.model
+        if not model.config.has_user_prompt:
+            return {}
+        known = [i for i, r in enumerate(requests) if r.user is not None]
+        unseen = [i for i, r in enumerate(requests) if r.user is None]
+        if not unseen:
+            return {"users": torch.tensor([r.user for r in requests], dtype=torch.long, device=self.device)}
+        profiles = []
+        for i in unseen:
+            r = requests[i]
+            profile = r.profile
+            if profile is None:
+                if r.task == "topn":
+                    raise ValueError("a top-n request for an unseen user needs `profile` (the items the user interacted with)")
+                profile = r.items
+            profiles.append(list(profile))
+        cf_dim = model.cf_users.shape[1]
+        cf = torch.zeros(len(requests), cf_dim, dtype=model.cf_users.dtype, device=self.device)
+        neighbors = torch.zeros(len(requests), model.config.n_neighbors, dtype=torch.long, device=self.device)
+        folded = model.fold_in(profiles).to(self.device)
+        cf[unseen] = folded
+        neighbors[unseen] = model.neighbors_of(folded).to(self.device)
+        if known:
+            users = torch.tensor([requests[i].user for i in known], dtype=torch.long, device=self.device)
+            cf[known] = model.cf_users[users].detach()
+            neighbors[known] = model.neighbor_index[users]
+        return {"cf_query": cf, "neighbors": neighbors}
+
+    @torch.no_grad()
+    def encode(self, requests: Sequence[Request]) -> Encoded:
+        """Run the encoder once over a batch of requests (tasks may be mixed)."""
+        requests = list(requests)
+        if not requests:
+            raise ValueError("empty request batch")
+        for r in requests:
+            self._check(r)
+        texts = [self.source_text(r) for r in requests]
+        words = self.model.config.max_whole_words
+        # One token of slack tells whether a text was cut; re-encode at the real budget only then.
+        enc = encode_inputs(self.tokenizer, texts, self.max_input_length + 1, words)
+        truncated = (enc.attention_mask.sum(1) > self.max_input_length).tolist()
+        if any(truncated):
+            enc = encode_inputs(self.tokenizer, texts, self.max_input_length, words)
+        task_ids = torch.tensor([TASK_IDS[r.task] for r in requests], dtype=torch.long, device=self.device)
+        out, mask = self.model.encode(
+            task_ids, enc.input_ids.to(self.device), enc.attention_mask.to(self.device),
+            enc.whole_word_ids.to(self.device), **self._who(requests),
+        )
+        return Encoded(requests, out.last_hidden_state, mask, [bool(t) for t in truncated])
+
+    def _encoded(self, batch: Sequence[Request] | Encoded) -> Encoded:
+        return batch if isinstance(batch, Encoded) else self.encode(batch)
+
+    # ---- exact scores -------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_all_items(
+        self,
+        batch: Sequence[Request] | Encoded,
+        exclude: Sequence[Sequence[int]] | None = None,
+        method: str = "tree",
+    ) -> torch.Tensor:
+        """Exact log-likelihood of every catalogue item for each request: [B, N] float32 on CPU.
+
+        Args:
+            exclude: per request, items whose score is set to -inf (e.g. the history).
+            method: "tree" (prefix-shared, default) or "naive" (`scoring.score_all_items`, which
+                for atomic indexing leaves out the EOS step; "tree" always includes it).
+        """
+        enc = self._encoded(batch)
+        if method == "tree":
+            scores = score_items_tree(self.model, enc.hidden, enc.mask, self.prefix_tree)
+        elif method == "naive":
+            ids, mask = self.item_tokens
+            scores = score_all_items(self.model, enc.hidden, enc.mask, ids, mask, self.index.is_atomic)
+        else:
+            raise ValueError(f"unknown scoring method {method!r}; use 'tree' or 'naive'")
+        scores = scores.float().cpu()
+        if exclude is not None:
+            _mask_items(scores, exclude)
+        return scores
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        batch: Sequence[Request] | Encoded,
+        candidates: Sequence[Sequence[int]] | None = None,
+        method: str = "tree",
+    ) -> torch.Tensor:
+        """Exact log-likelihood of each request's candidates: [B, C] float32 on CPU.
+
+        Args:
+            candidates: per request, the items to score; default each request's own `items` (the
+                top-n candidates). Rows may differ in length: shorter rows are padded with -inf.
+            method: "tree" (default) or "naive" (`scoring.score_candidates`).
+        """
+        enc = self._encoded(batch)
+        if candidates is None:
+            candidates = [r.items for r in enc.requests]
+        if len(candidates) != len(enc):
+            raise ValueError(f"{len(candidates)} candidate lists for {len(enc)} requests")
+        width = max((len(c) for c in candidates), default=0)
+        if width == 0:
+            return torch.empty(len(enc), 0)
+        cand = torch.zeros(len(enc), width, dtype=torch.long)
+        pad = torch.zeros(len(enc), width, dtype=torch.bool)
+        for i, c in enumerate(candidates):
+            if any(not 0 <= int(x) < self.n_items for x in c):
+                raise ValueError(f"candidate item out of range (the catalogue has {self.n_items} items)")
+            cand[i, : len(c)] = torch.tensor([int(x) for x in c], dtype=torch.long)
+            pad[i, len(c) :] = True
+        if method == "tree":
+            scores = score_items_tree(self.model, enc.hidden, enc.mask, self.prefix_tree, cand)
+        elif method == "naive":
+            ids, mask = self.item_tokens
+            scores = score_candidates(self.model, enc.hidden, enc.mask, cand.to(self.device), ids, mask)
+        else:
+            raise ValueError(f"unknown scoring method {method!r}; use 'tree' or 'naive'")
+        return scores.float().cpu().masked_fill(pad, float("-inf"))
+
+    @torch.no_grad()
+    def top_k(
+        self,
+        batch: Sequence[Request] | Encoded,
+        k: int,
+        exclude: Sequence[Sequence[int]] | None = None,
+        method: str = "search",
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """The k catalogue items with the highest exact log-likelihood, per request (best first).
+
+        Excluded items are never returned, so a list is shorter than k only when fewer than k items
+        remain. method "search" (default): best-first search over the prefix tree
+        (`topk_search.search_top_k`), exact and far cheaper than scoring everything; "scores": sort
+        `score_all_items` (ties towards the lower item index). Both give the same lists up to float
+        rounding of near-equal scores.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        enc = self._encoded(batch)
+        if method == "scores":
+            return _top_k_lists(self.score_all_items(enc, exclude=exclude), k)
+        if method != "search":
+            raise ValueError(f"unknown top-k method {method!r}; use 'search' or 'scores'")
+        if exclude is not None and len(exclude) != len(enc):
+            raise ValueError(f"{len(exclude)} exclusion lists for {len(enc)} requests")
+        banned = None if exclude is None else [{int(x) for x in e} for e in exclude]
+        items, scores, _ = search_top_k(
+            self.model, enc.hidden, enc.mask, self.prefix_tree, self.tree_children, min(k, self.n_items), banned
+        )
+        return items, scores
+
+    def rank_candidates(
+        self,
+        batch: Sequence[Request] | Encoded,
+        candidates: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Each request's candidates sorted by exact log-likelihood (best first), with the scores."""
+        enc = self._encoded(batch)
+        if candidates is None:
+            candidates = [r.items for r in enc.requests]
+        scores = self.score_candidates(enc, candidates)
+        items, values = [], []
+        for row, cands in zip(scores, candidates):
+            order = _stable_desc(row[: len(cands)])
+            items.append([int(cands[j]) for j in order])
+            values.append([float(row[j]) for j in order])
+        return items, values
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _generate(self, enc: Encoded, **kwargs):
+        return self.model.t5.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden),
+            attention_mask=enc.mask,
+            do_sample=False,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def beam_items(
+        self,
+        batch: Sequence[Request] | Encoded,
+        num_beams: int = 20,
+        num_return_sequences: int | None = None,
+        *,
+        constrained: bool = False,
+        exclude: Sequence[Sequence[int]] | None = None,
+        length_penalty: float = 1.0,
+    ) -> BeamResult:
+        """Ranked items by beam search.
+
+        Unconstrained (the legacy protocol): free generation of `max_new_tokens` = the longest item's
+        token count (EOS included); each output is decoded to text (special tokens skipped) and its
+        first whitespace-separated word is parsed as an item id (`parse_item`), as the published
+        scripts do; an output naming no catalogue item is -1. Constrained: `TrieLogitsProcessor` allows only catalogue items (minus `exclude`, e.g.
+        the history), outputs are mapped back through the trie (a row that could not finish an
+        allowed item is -1).
+
+        Args:
+            num_beams: beam width; num_return_sequences: list length (default num_beams).
+            exclude: per request, items constrained decoding must not produce (constrained only).
+            length_penalty: transformers' beam score normalisation (1.0 is its default).
+        """
+        enc = self._encoded(batch)
+        n_ret = num_beams if num_return_sequences is None else int(num_return_sequences)
+        if not 1 <= n_ret <= num_beams:
+            raise ValueError(f"num_return_sequences must be in 1..num_beams ({num_beams}), got {n_ret}")
+        if exclude is not None and not constrained:
+            raise ValueError("`exclude` needs constrained decoding")
+        trie = self.trie
+        kwargs = dict(
+            num_beams=num_beams, num_return_sequences=n_ret, max_new_tokens=trie.max_length,
+            length_penalty=length_penalty, output_scores=True, return_dict_in_generate=True,
+        )
+        if constrained:
+            banned = None
+            if exclude is not None:
+                banned = torch.zeros(len(enc), self.n_items, dtype=torch.bool)
+                for i, items in enumerate(exclude):
+                    banned[i, [int(x) for x in items]] = True
+                banned = banned.to(self.device)
+            start = self.model.t5.config.decoder_start_token_id
+            kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, start, banned, num_beams)])
+        out = self._generate(enc, **kwargs)
+        seqs = out.sequences.cpu()
+        texts = [t.strip() for t in self.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+        if constrained:
+            t5 = self.model.t5.config
+            flat = decode_items(trie, seqs, decoder_start_token_id=t5.decoder_start_token_id, pad_token_id=t5.pad_token_id)
+        else:
+            flat = [self.parse_item(t) for t in texts]
+        scores = out.sequences_scores.float().cpu().tolist() if getattr(out, "sequences_scores", None) is not None else [0.0] * len(flat)
+        items = [flat[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))]
+        return BeamResult(
+            items=items,
+            scores=[scores[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))],
+            texts=[texts[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))],
+            invalid=sum(1 for x in flat if x < 0),
+            total=len(flat),
+        )
+
+    @torch.no_grad()
+    def explain(
+        self,
+        batch: Sequence[Request] | Encoded,
+        decoding: str = "greedy",
+        *,
+        num_beams: int | None = None,
+        min_length: int | None = None,
+        max_length: int | None = None,
+    ) -> list[str]:
+        """Generated explanations (special tokens skipped, whitespace-stripped), one per request.
+
+        `decoding` is a key of `EXPLANATION_DECODINGS` (greedy | beam | legacy); the keyword
+        arguments override its settings.
+        """
+        if decoding not in EXPLANATION_DECODINGS:
+            raise ValueError(f"unknown explanation decoding {decoding!r}; choose {', '.join(EXPLANATION_DECODINGS)}")
+        enc = self._encoded(batch)
+        settings = dict(EXPLANATION_DECODINGS[decoding])
+        for key, value in (("num_beams", num_beams), ("min_length", min_length), ("max_length", max_length)):
+            if value is not None:
+                settings[key] = int(value)
+        seqs = self._generate(enc, num_return_sequences=1, **settings)
+        return [t.strip() for t in self.tokenizer.batch_decode(seqs.cpu(), skip_special_tokens=True)]
+
+
+def _mask_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> None:
+    if len(exclude) != scores.shape[0]:
+        raise ValueError(f"{len(exclude)} exclusion lists for {scores.shape[0]} rows")
+    for i, items in enumerate(exclude):
+        if len(items):
+            scores[i, torch.as_tensor([int(x) for x in items], dtype=torch.long)] = float("-inf")
+
+
+def _stable_desc(row: torch.Tensor) -> list[int]:
+    """Indices sorting `row` descending, ties by ascending index."""
+    return torch.sort(row, descending=True, stable=True).indices.tolist()
+
+
+def _top_k_lists(scores: torch.Tensor, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    items, values = [], []
+    for row in scores:
+        order = torch.sort(row, descending=True, stable=True).indices[:k]
+        keep = [int(j) for j in order if row[j] != float("-inf")]
+        items.append(keep)
+        values.append([float(row[j]) for j in keep])
+    return items, values
+

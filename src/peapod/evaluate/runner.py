@@ -1,0 +1,626 @@
+"""Evaluation of a trained run on the three tasks, under the legacy or the rigorous protocol.
+
+`evaluate_run(RUN_DIR)` loads the model, the dataset and the run's fixed top-n candidates, evaluates
+the requested tasks on the first `max_users` users (in dataset order) of a split, writes
+`metrics.json` and returns the same dictionary.
+
+Protocols (presets; every choice can be overridden):
+
+* `legacy`, as published for P5/POD/PeaPOD:
+  - sequential `beam`: free beam search, 20 beams, 20 outputs, each parsed as an item id;
+  - top-n `beam`: free beam search over the 1+99 candidate input, 20 beams, 10 outputs;
+  - explanation `legacy` decoding (7 beams, min length 10, max length 50), legacy BLEU/ROUGE
+    references cut to their first 20 tokenizer ids (POD/PeaPOD `exp_len`).
+* `rigorous`:
+  - sequential `full`: rank of the target among all catalogue items by exact log-likelihood (the
+    exact top 20 by best-first search, so exact at every reported cut-off; history not masked);
+  - top-n `score`: exact log-likelihood of the 1+99 candidates, sorted (ties count against the
+    target);
+  - explanation `greedy` decoding, references as they are.
+* other decodings: sequential `constrained` (trie-constrained beam search, 20 beams, 20 outputs),
+  explanation `beam` (4 beams, max length 50).
+
+All explanation metrics (legacy BLEU/ROUGE, SacreBLEU with its signature, rouge-score F, feature hit
+rate) are computed under both protocols; the protocol decides decoding and reference truncation.
+
+Details that matter for comparability:
+
+* Inputs are the evaluation form used for validation during training (`train.samplers.
+  validation_examples`): the bare template (template 0 for p5), the last `train.max_history` history
+  items, and the top-n candidates (target + the user's fixed negatives) shuffled with
+  `random.Random(user)`, so every evaluation of a run sees the same candidate order.
+* Neither the legacy nor the rigorous preset masks history items in the sequential task (the
+  published protocol does not); `mask_history=True` removes them from `full` and `constrained`
+  rankings (a target that repeats a history item then counts as a miss).
+* Invalid outputs (a generated text that names no catalogue item) count as misses and are reported
+  per task (`invalid_output_rate`). `legacy_random_fill=True` replaces each by a uniformly random item,
+  as the published scripts do; it is seeded, and changes nothing else.
+* Seeds only drive that random fill (no decoding here samples); model outputs are computed once and
+  the seeded part is applied per seed. Metrics are recorded per seed, with mean and sample standard
+  deviation when there is more than one seed. Everything is deterministic for a given seed.
+
+Where the data comes from: a run directory's `config.json` names the dataset (`data.path`, possibly
+`demo`) and its `negative_samples.txt` holds the fixed candidates. For a bare model directory, pass
+`data`; candidates then come from `<model dir>/negative_samples.txt` if present, else the dataset's
+own negatives (e.g. the demo's), else a seeded sample (seed 0) written to `<model dir>/
+negative_samples.txt` so later evaluations reuse it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import peapod
+from peapod.data.dataset import Dataset, Explanation
+from peapod.data.loaders import load_dataset
+from peapod.data.negatives import ensure_negatives, read_negatives
+from peapod.evaluate.inference import EXPLANATION_DECODINGS, Predictor, Request, normalize_task, resolve_model_dir
+from peapod.evaluate.metrics import metrics_from_ranked_lists, rank_of_target, ranking_metrics
+from peapod.evaluate.text_metrics import feature_hit_rate, legacy_text_metrics, rouge_score_f, sacrebleu_score
+from peapod.io import write_json_atomic
+from peapod.model.peapod import load_bundle
+
+__all__ = [
+    "PROTOCOLS",
+    "EvalSetup",
+    "evaluate_run",
+    "evaluate_task",
+    "format_table",
+    "load_setup",
+    "random_fill",
+]
+
+TASK_ORDER = ("sequential", "topn", "explanation")
+SEQ_DECODINGS = ("beam", "constrained", "full")
+TOPN_DECODINGS = ("beam", "score")
+BEAM_SIZE = 20  # the published num_beams for both recommendation tasks
+SEQ_LIST_LENGTH = 20  # outputs per user for the sequential task (HR@20 needs 20)
+TOPN_LIST_LENGTH = 10  # the published top-n `top_n`
+SEQ_KS, SEQ_NDCG_KS = (1, 5, 10, 20), (5, 10, 20)
+TOPN_KS, TOPN_NDCG_KS = (1, 5, 10), (5, 10)
+LEGACY_REFERENCE_TOKENS = 20  # POD/PeaPOD `exp_len`: references cut to their first 20 tokenizer ids
+
+PROTOCOLS: dict[str, dict] = {
+    "legacy": {"sequential": "beam", "topn": "beam", "explanation": "legacy", "truncate_references": LEGACY_REFERENCE_TOKENS},
+    "rigorous": {"sequential": "full", "topn": "score", "explanation": "greedy", "truncate_references": None},
+}
+
+_DEFAULT = object()
+
+
+# ---- setup ------------------------------------------------------------------------------------
+@dataclass
+class EvalSetup:
+    """Everything an evaluation reads: model, data, fixed candidates, and where they came from."""
+
+    predictor: Predictor
+    dataset: Dataset
+    negatives: list[list[int]]
+    negatives_source: str
+    model_dir: Path
+    run_dir: Path | None
+    run_config: dict | None
+    data_path: str
+    load_seconds: float = 0.0
+    _explanations: dict[str, list[Explanation]] = field(default_factory=dict)
+
+    def explanations(self, split: str) -> list[Explanation]:
+        """Explanation records of a split; `val` is the training run's held-out validation part."""
+        if split not in self._explanations:
+            if split == "val":
+                from peapod.train.samplers import split_explanations
+
+                cfg = self.run_config or {}
+                frac = float(cfg.get("data", {}).get("explanation_val_fraction", 0.1))
+                seed = int(cfg.get("train", {}).get("seed", 0))
+                self._explanations[split] = split_explanations(self.dataset, frac, seed)[1]
+            else:
+                self._explanations[split] = self.dataset.explanations_for(split)
+        return self._explanations[split]
+
+
+def load_setup(path: str | Path, data: str | None = None, device: str | torch.device | None = None) -> EvalSetup:
+    """Load the model of a run (or model) directory, its dataset and its fixed top-n candidates.
+
+    Raises:
+        FileNotFoundError: no model at `path`; ValueError: no dataset can be determined, or the
+        dataset does not match the model; DataError: unreadable data.
+    """
+    t0 = time.perf_counter()
+    model_dir, run_dir, cfg = resolve_model_dir(path)
+    bundle = load_bundle(model_dir, device="cpu")
+    data_path = data
+    if data_path is None and cfg is not None:
+        data_path = cfg.get("data", {}).get("path")
+    if data_path is None and bundle.extra.get("dataset") == "demo":
+        data_path = "demo"
+    if data_path is None:
+        raise ValueError(f"{path}: no dataset known for this model; pass --data (a P5 directory, a table, or 'demo')")
+    ds = load_dataset(data_path)
+    if ds.user_ids != bundle.user_ids or ds.item_ids != bundle.item_ids:
+        raise ValueError(
+            f"dataset {data_path!r} ({ds.n_users} users, {ds.n_items} items) is not the one the model was trained on "
+            f"({len(bundle.user_ids)} users, {len(bundle.item_ids)} items, same ids in the same order)"
+        )
+    home = run_dir if run_dir is not None else model_dir
+    cache = home / "negative_samples.txt"
+    if cache.is_file():
+        negatives, source = read_negatives(ds, cache), str(cache)
+    elif ds.negatives is not None:
+        negatives, source = ds.negatives, f"dataset {data_path} (its own negative_samples.txt)"
+    else:
+        seed = int((cfg or {}).get("data", {}).get("negatives_seed", 0))
+        negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
+    max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
+    predictor = Predictor(bundle, device=device, max_history=max_history)
+    return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
+
+
+# ---- per-task evaluation ----------------------------------------------------------------------
+@dataclass
+class TaskOutput:
+    """Model outputs of one task, before the seeded part (random fill) and the metrics."""
+
+    task: str
+    decoding: str
+    users: list[int]
+    targets: list[int] = field(default_factory=list)
+    lists: list[list[int]] | None = None  # ranked item lists (list-based decodings)
+    ranks: list[int] | None = None  # 0-based ranks (score-based decodings)
+    invalid: int = 0
+    outputs: int = 0
+    truncated_inputs: int = 0
+    wall_seconds: float = 0.0
+    encode_seconds: float = 0.0  # part of wall_seconds spent building inputs and running the encoder
+    extra: dict = field(default_factory=dict)
+    hypotheses: list[str] | None = None
+    records: list[Explanation] | None = None
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(
+        total=total, desc=desc, unit="user", dynamic_ncols=True, leave=False,
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(n, s + size)
+
+
+def topn_candidates(target: int, negatives: Sequence[int], user: int) -> list[int]:
+    """The top-n input candidates of a user: target + negatives, shuffled with `random.Random(user)`."""
+    cands = [target] + list(negatives)
+    random.Random(user).shuffle(cands)
+    return cands
+
+
+def evaluate_task(
+    setup: EvalSetup,
+    task: str,
+    decoding: str,
+    split: str,
+    max_users: int | None,
+    batch_size: int,
+    *,
+    mask_history: bool = False,
+    progress: bool = False,
+) -> TaskOutput:
+    """Run the model for one task on the first `max_users` users (explanation: records) of `split`."""
+    task = normalize_task(task)
+    pred = setup.predictor
+    ds = setup.dataset
+    t0 = time.perf_counter()
+    if task == "explanation":
+        records = setup.explanations(split)
+        if max_users is not None:
+            records = records[:max_users]
+        out = TaskOutput(task, decoding, [e.user for e in records], records=records, hypotheses=[])
+        bar = _progress(len(records), "explanation", progress)
+        for s, e in _batches(len(records), batch_size):
+            chunk = records[s:e]
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("explanation", [r.item], r.user) for r in chunk])
+            out.encode_seconds += time.perf_counter() - t_enc
+            out.truncated_inputs += sum(enc.truncated)
+            out.hypotheses.extend(pred.explain(enc, decoding))
+            bar.update(len(chunk))
+        bar.close()
+        out.outputs = len(out.hypotheses)
+        out.invalid = sum(1 for h in out.hypotheses if not h.strip())
+        out.wall_seconds = time.perf_counter() - t0
+        return out
+
+    n = ds.n_users if max_users is None else min(max_users, ds.n_users)
+    users = list(range(n))
+    out = TaskOutput(task, decoding, users)
+    if task == "sequential":
+        out.lists = []
+    elif decoding == "beam":
+        out.lists = []
+        out.extra["off_candidate_outputs"] = 0
+    else:
+        out.ranks = []
+    bar = _progress(n, task, progress)
+    for s, e in _batches(n, batch_size):
+        chunk = users[s:e]
+        histories, targets = zip(*(ds.history_and_target(u, split) for u in chunk))
+        out.targets.extend(targets)
+        if task == "sequential":
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("sequential", h, u) for h, u in zip(histories, chunk)])
+            out.encode_seconds += time.perf_counter() - t_enc
+            exclude = [list(h) for h in histories] if mask_history else None
+            if decoding == "beam":
+                res = pred.beam_items(enc, BEAM_SIZE, SEQ_LIST_LENGTH)
+            elif decoding == "constrained":
+                res = pred.beam_items(enc, BEAM_SIZE, SEQ_LIST_LENGTH, constrained=True, exclude=exclude)
+            elif decoding == "full":
+                lists, _ = pred.top_k(enc, SEQ_LIST_LENGTH, exclude=exclude)
+                res = None
+                out.lists.extend(lists)
+                out.outputs += sum(len(x) for x in lists)
+            else:
+                raise ValueError(f"unknown sequential decoding {decoding!r}; choose {', '.join(SEQ_DECODINGS)}")
+            if res is not None:
+                out.lists.extend(res.items)
+                out.invalid += res.invalid
+                out.outputs += res.total
+        else:
+            cands = [topn_candidates(t, setup.negatives[u], u) for t, u in zip(targets, chunk)]
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("topn", c, u) for c, u in zip(cands, chunk)])
+            out.encode_seconds += time.perf_counter() - t_enc
+            if decoding == "beam":
+                res = pred.beam_items(enc, BEAM_SIZE, TOPN_LIST_LENGTH)
+                out.lists.extend(res.items)
+                out.invalid += res.invalid
+                out.outputs += res.total
+                out.extra["off_candidate_outputs"] += sum(
+                    1 for items, c in zip(res.items, cands) for i in items if i >= 0 and i not in set(c)
+                )
+            elif decoding == "score":
+                scores = pred.score_candidates(enc, cands)
+                where = torch.tensor([c.index(t) for c, t in zip(cands, targets)])
+                out.ranks.extend(rank_of_target(scores, where, ties="pessimistic").tolist())
+                out.outputs += len(chunk)  # one complete ranking per user; nothing can be invalid
+            else:
+                raise ValueError(f"unknown top-n decoding {decoding!r}; choose {', '.join(TOPN_DECODINGS)}")
+        out.truncated_inputs += sum(enc.truncated)
+        bar.update(len(chunk))
+    bar.close()
+    out.wall_seconds = time.perf_counter() - t0
+    return out
+
+
+def random_fill(lists: list[list[int]], n_items: int, seed: int, stream: int = 0) -> list[list[int]]:
+    """Replace every invalid (-1) entry by a uniformly random item, as the published scripts did.
+
+    Seeded by (seed, stream) and drawn in list order, so it is reproducible; valid entries are kept.
+    """
+    rng = np.random.default_rng([int(seed), int(stream)])
+    return [[int(rng.integers(n_items)) if i < 0 else i for i in items] for items in lists]
+
+
+def ranking_task_metrics(out: TaskOutput, seed: int, fill: bool, n_items: int) -> dict[str, float]:
+    ks, nks = (SEQ_KS, SEQ_NDCG_KS) if out.task == "sequential" else (TOPN_KS, TOPN_NDCG_KS)
+    if out.ranks is not None:
+        return ranking_metrics(out.ranks, ks=ks, ndcg_ks=nks)
+    lists = out.lists
+    if fill:
+        lists = random_fill(lists, n_items, seed, stream=TASK_ORDER.index(out.task))
+    return metrics_from_ranked_lists(lists, out.targets, ks=ks, ndcg_ks=nks)
+
+
+def _explanation_metrics(setup: EvalSetup, out: TaskOutput, truncate_references: int | None) -> dict:
+    refs = [r.text for r in out.records]
+    hyps = out.hypotheses
+    legacy_refs = refs
+    if truncate_references:
+        tok = setup.predictor.tokenizer
+        ids = tok(refs, add_special_tokens=True)["input_ids"]
+        legacy_refs = [t.strip() for t in tok.batch_decode([x[:truncate_references] for x in ids], skip_special_tokens=True)]
+    metrics = dict(legacy_text_metrics(legacy_refs, hyps)) if refs else {}
+    if refs:
+        bleu, signature = sacrebleu_score(refs, hyps)
+        metrics["SacreBLEU"] = bleu
+        metrics.update({f"rouge-score-{k}-F": v for k, v in rouge_score_f(refs, hyps).items()})
+        metrics["FHR"] = feature_hit_rate(hyps, [r.feature for r in out.records])
+        out.extra["sacrebleu_signature"] = signature
+    return metrics
+
+
+def _summarize(per_seed: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, float] | None]:
+    seeds = list(per_seed)
+    keys = list(per_seed[seeds[0]]) if seeds else []
+    mean = {k: float(statistics.fmean(per_seed[s][k] for s in seeds)) for k in keys}
+    if len(seeds) < 2:
+        return mean, None
+    return mean, {k: float(statistics.stdev(per_seed[s][k] for s in seeds)) for k in keys}
+
+
+# ---- the whole evaluation ---------------------------------------------------------------------
+def _parse_tasks(tasks) -> list[str]:
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t.strip()]
+    names = [normalize_task(t.strip()) for t in tasks]
+    if not names:
+        raise ValueError("no tasks given")
+    return [t for t in TASK_ORDER if t in names]
+
+
+def _parse_seeds(seed) -> list[int]:
+    if seed is None:
+        return [0]
+    if isinstance(seed, int):
+        return [seed]
+    if isinstance(seed, str):
+        seed = [s for s in seed.split(",") if s.strip()]
+    seeds = [int(s) for s in seed]
+    if not seeds:
+        raise ValueError("no seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"repeated seeds: {seeds}")
+    return seeds
+
+
+def _candidates_text(setup: EvalSetup, task: str, decoding: str) -> str:
+    if task == "sequential":
+        if decoding == "beam":
+            return f"unconstrained generation (any text; catalogue has {setup.dataset.n_items} items)"
+        return f"full catalogue ({setup.dataset.n_items} items)"
+    if task == "topn":
+        k = len(setup.negatives[0]) if setup.negatives else 0
+        return f"1+{k} sampled, fixed file ({setup.negatives_source})"
+    return "none (text generation)"
+
+
+def evaluate_run(
+    path: str | Path,
+    tasks: Sequence[str] | str = TASK_ORDER,
+    protocol: str | None = None,
+    seq_decoding: str | None = None,
+    topn_decoding: str | None = None,
+    split: str = "test",
+    max_users: int | None | object = _DEFAULT,
+    seed: int | Sequence[int] | None = None,
+    legacy_random_fill: bool = False,
+    exp_decoding: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    *,
+    data: str | None = None,
+    out: str | Path | None = None,
+    mask_history: bool = False,
+    truncate_references: int | None | object = _DEFAULT,
+    device: str | torch.device | None = None,
+    write: bool = True,
+    keep_predictions: bool = False,
+    setup: EvalSetup | None = None,
+) -> dict:
+    """Evaluate a run (or model) directory; write `metrics.json` and return its content.
+
+    Args:
+        path: run directory (its `best/` model) or model directory.
+        tasks: any of sequential/seq, topn, explanation/exp (list or comma-separated).
+        protocol: "legacy" or "rigorous"; default the run config's `eval.protocol` (else rigorous).
+        seq_decoding / topn_decoding / exp_decoding: override the preset (beam|constrained|full,
+            beam|score, greedy|beam|legacy).
+        split: "val" or "test".
+        max_users: first N users (explanation: first N records); default the run config's
+            `eval.max_users`; None or 0 evaluates everybody.
+        seed: one seed or a list; default the run config's `eval.seeds` (else 0).
+        legacy_random_fill: replace invalid outputs by random items (seeded), as published.
+        batch_size: requests per encoder pass; default the run config's `eval.batch_size` (else 32).
+        progress: tqdm bars (only when stderr is a terminal).
+        data: dataset path for a model directory without a run config (or to override it).
+        out: where to write; default `metrics.json` in the run directory (or model directory).
+        mask_history: remove history items from `full`/`constrained` sequential rankings.
+        truncate_references: legacy BLEU/ROUGE references cut to this many tokenizer ids (None: not
+            cut); default 20 for the legacy protocol, None for rigorous.
+        device: torch device (default CUDA when available).
+        write: write the file (False: only return the dict).
+        keep_predictions: add per-user outputs under "predictions" in the returned dict (not
+            written to the file).
+        setup: an already loaded `load_setup(...)`, to evaluate several times in one process.
+    """
+    t_start = time.perf_counter()
+    task_list = _parse_tasks(tasks)
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    if setup is None:
+        setup = load_setup(path, data=data, device=device)
+    cfg_eval = (setup.run_config or {}).get("eval", {})
+    protocol = protocol or cfg_eval.get("protocol") or "rigorous"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
+    preset = PROTOCOLS[protocol]
+    decodings = {
+        "sequential": seq_decoding or preset["sequential"],
+        "topn": topn_decoding or preset["topn"],
+        "explanation": exp_decoding or preset["explanation"],
+    }
+    if decodings["sequential"] not in SEQ_DECODINGS:
+        raise ValueError(f"unknown sequential decoding {decodings['sequential']!r}; choose {', '.join(SEQ_DECODINGS)}")
+    if decodings["topn"] not in TOPN_DECODINGS:
+        raise ValueError(f"unknown top-n decoding {decodings['topn']!r}; choose {', '.join(TOPN_DECODINGS)}")
+    if decodings["explanation"] not in EXPLANATION_DECODINGS:
+        raise ValueError(f"unknown explanation decoding {decodings['explanation']!r}; choose {', '.join(EXPLANATION_DECODINGS)}")
+    if max_users is _DEFAULT:
+        max_users = cfg_eval.get("max_users")
+    if max_users is not None:
+        max_users = int(max_users)
+        if max_users < 0:
+            raise ValueError(f"max_users must be >= 0, got {max_users}")
+        max_users = max_users or None
+    seeds = _parse_seeds(seed if seed is not None else cfg_eval.get("seeds"))
+    batch_size = int(batch_size or cfg_eval.get("batch_size") or 32)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if truncate_references is _DEFAULT:
+        truncate_references = preset["truncate_references"]
+    if truncate_references is not None and int(truncate_references) <= 0:
+        truncate_references = None
+
+    torch.manual_seed(seeds[0])
+    pred = setup.predictor
+    model_cfg = pred.model.config
+    result: dict = {
+        "format": "peapod-metrics/1",
+        "protocol": protocol,
+        "split": split,
+        "seeds": seeds,
+        "indexing": pred.indexing,
+        "variant": model_cfg.variant,
+        "model": {
+            "dir": str(setup.model_dir), "run_dir": str(setup.run_dir) if setup.run_dir else None,
+            "variant": model_cfg.variant, "composer": model_cfg.composer if model_cfg.has_user_prompt else None,
+            "backbone": model_cfg.backbone, "indexing": pred.indexing,
+        },
+        "dataset": {"name": setup.dataset.name, "path": setup.data_path, "users": setup.dataset.n_users, "items": setup.dataset.n_items},
+        "decoding": {},
+        "candidates": {},
+        "beam_size": {},
+        "invalid_output_rate": {},
+        "users_evaluated": {},
+        "wall_seconds": {},
+        "legacy_random_fill": bool(legacy_random_fill),
+        "mask_history": bool(mask_history),
+        "max_users": max_users,
+        "batch_size": batch_size,
+        "max_history": pred.max_history,
+        "peapod_version": peapod.__version__,
+        "torch_version": torch.__version__,
+        "device": str(pred.device),
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "tasks": {},
+    }
+    predictions: dict = {}
+    for task in task_list:
+        decoding = decodings[task]
+        output = evaluate_task(setup, task, decoding, split, max_users, batch_size, mask_history=mask_history, progress=progress)
+        t_metrics = time.perf_counter()
+        section: dict = {"decoding": decoding}
+        if task == "explanation":
+            settings = EXPLANATION_DECODINGS[decoding]
+            section["generation"] = dict(settings)
+            if decoding == "legacy":
+                section["generation_note"] = (
+                    "published decoding: group beam search with 21 beams, 3 groups, diversity_penalty 0.0, "
+                    "min_length 10. With a zero penalty no diversity processor is added and the 3 groups of 7 beams "
+                    "are identical, so it is plain beam search with 7 beams (group beam search left transformers 5 core)"
+                )
+            section["references_truncated_to_tokens"] = truncate_references
+            metrics = _explanation_metrics(setup, output, truncate_references)
+            per_seed = {str(s): metrics for s in seeds}  # nothing seeded in text generation
+            beam = settings["num_beams"]
+            section["records"] = len(output.records)
+            section["distinct_users"] = len(set(output.users))
+            if "sacrebleu_signature" in output.extra:
+                section["sacrebleu_signature"] = output.extra["sacrebleu_signature"]
+            section["invalid_output"] = "empty generated text"
+        else:
+            fill = bool(legacy_random_fill) and output.lists is not None
+            per_seed = {str(s): ranking_task_metrics(output, s, fill, setup.dataset.n_items) for s in seeds}
+            beam = BEAM_SIZE if decoding in ("beam", "constrained") else None
+            if decoding in ("beam", "constrained"):
+                section["num_return_sequences"] = SEQ_LIST_LENGTH if task == "sequential" else TOPN_LIST_LENGTH
+                section["length_penalty"] = 1.0
+                section["max_new_tokens"] = pred.trie.max_length
+            if task == "sequential" and decoding == "full":
+                section["method"] = (
+                    f"exact top-{SEQ_LIST_LENGTH} of the full-catalogue log-likelihood ranking (best-first search); "
+                    f"ranks beyond {SEQ_LIST_LENGTH} are misses at every reported cut-off"
+                )
+            if task == "topn" and decoding == "score":
+                section["ties"] = "pessimistic (candidates scoring equal to the target rank above it)"
+            if task == "sequential":
+                section["history_masked"] = bool(mask_history) and decoding in ("full", "constrained")
+            section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (
+                "constrained beam that could not finish an allowed item" if decoding == "constrained" else "none possible"
+            )
+            section["legacy_random_fill"] = fill
+            section.update(output.extra)
+        mean, std = _summarize(per_seed)
+        invalid_rate = output.invalid / output.outputs if output.outputs else 0.0
+        wall = output.wall_seconds + (time.perf_counter() - t_metrics)
+        section.update({
+            "candidates": _candidates_text(setup, task, decoding),
+            "beam_size": beam,
+            "users": len(output.users),
+            "outputs": output.outputs,
+            "invalid_outputs": output.invalid,
+            "invalid_output_rate": invalid_rate,
+            "truncated_inputs": output.truncated_inputs,
+            "wall_seconds": round(wall, 3),
+            "users_per_second": round(len(output.users) / wall, 3) if wall > 0 else None,
+            "metrics": mean,
+            "metrics_std": std,
+            "per_seed": per_seed,
+        })
+        result["tasks"][task] = section
+        result["decoding"][task] = decoding
+        result["candidates"][task] = section["candidates"]
+        result["beam_size"][task] = beam
+        result["invalid_output_rate"][task] = invalid_rate
+        result["users_evaluated"][task] = len(output.users)
+        result["wall_seconds"][task] = round(wall, 3)
+        if keep_predictions:
+            predictions[task] = {
+                "users": output.users, "targets": output.targets, "lists": output.lists, "ranks": output.ranks,
+                "hypotheses": output.hypotheses,
+            }
+    result["wall_seconds"]["load"] = round(setup.load_seconds, 3)
+    result["wall_seconds"]["total"] = round(time.perf_counter() - t_start + setup.load_seconds, 3)
+    if write:
+        target = Path(out) if out is not None else (setup.run_dir or setup.model_dir) / "metrics.json"
+        write_json_atomic(target, result)
+    if keep_predictions:
+        result = dict(result, predictions=predictions)
+    return result
+
+
+# ---- presentation -----------------------------------------------------------------------------
+def _fmt(name: str, v: float, std: float | None, task: str) -> str:
+    """Ranking metrics and FHR (fractions) as percentages; BLEU/ROUGE are already percentages."""
+    scale = 100.0 if task != "explanation" or name == "FHR" else 1.0
+    s = f"{v * scale:.2f}"
+    if std is not None:
+        s += f" ± {std * scale:.2f}"
+    return s + ("%" if scale == 100.0 else "")
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a metrics dictionary (ranking metrics in %, text metrics as computed)."""
+    lines = [
+        f"protocol {result['protocol']}  split {result['split']}  seeds {','.join(map(str, result['seeds']))}  "
+        f"variant {result['variant']}  indexing {result['indexing']}  dataset {result['dataset']['name']}",
+    ]
+    rows = [("task", "metric", "value")]
+    for task, sec in result["tasks"].items():
+        head = f"{task} [{sec['decoding']}]"
+        who = "records" if task == "explanation" else "users"
+        info = f"{who} {sec['users']}, invalid {sec['invalid_output_rate'] * 100:.1f}%, {sec['wall_seconds']:.1f}s"
+        rows.append((head, "", info))
+        std = sec.get("metrics_std") or {}
+        for name, value in sec["metrics"].items():
+            rows.append(("", name, _fmt(name, value, std.get(name), task)))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for r in rows:
+        lines.append(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}".rstrip())
+    lines.append(f"total {result['wall_seconds']['total']:.1f}s")
+    return "\n".join(lines)
+
