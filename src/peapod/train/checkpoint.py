@@ -10,7 +10,9 @@ No pickle: nothing here is read with torch.load.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,36 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler
     scheduler.load_state_dict(meta.pop("scheduler"))
     set_rng_state(load_file(str(directory / "rng.safetensors")), meta.pop("rng"))
     return meta
+
+
+def _previous(directory: Path) -> Path:
+    # `peapod.io.atomic_directory` swaps a new version in with two renames: NAME -> .NAME.old, tmp -> NAME.
+    return directory.with_name(f".{directory.name}.old")
+
+
+def checkpoint_exists(directory: str | Path) -> bool:
+    """Whether `directory` (or the previous version a kill between the two renames left) holds a checkpoint."""
+    directory = Path(directory)
+    return (directory / "trainer_state.json").is_file() or (_previous(directory) / "trainer_state.json").is_file()
+
+
+def tidy_run_directory(run_dir: str | Path, names: tuple[str, ...] = ("checkpoint", "best")) -> None:
+    """Undo what a killed writer can leave in a run directory before it is resumed.
+
+    A kill between the two renames of an atomic directory swap leaves only `.NAME.old`, the previous
+    complete version: it is moved back. A kill while writing leaves `.*.tmp` files or directories that
+    were never renamed into place: they are removed.
+    """
+    run_dir = Path(run_dir)
+    for name in names:
+        directory, previous = run_dir / name, _previous(run_dir / name)
+        if previous.is_dir():
+            if directory.exists():
+                shutil.rmtree(previous, ignore_errors=True)
+            else:
+                os.replace(previous, directory)
+    for p in run_dir.glob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

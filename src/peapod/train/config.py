@@ -95,6 +95,17 @@ class RunConfig(_Section):
         return ModelConfig(**m, seed=self.train.seed)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(e, "problem", None)
+    if not problem:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
 def _parse_override(item: str) -> tuple[list[str], object]:
     if "=" not in item:
         raise ConfigError(f"--set expects section.key=value, got {item!r}")
@@ -105,7 +116,7 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {_yaml_problem(e)}") from None
     return path, value
 
 
@@ -130,7 +141,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides:

@@ -16,11 +16,13 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -32,7 +34,7 @@ from peapod.data.negatives import ensure_negatives, write_negatives
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
-from peapod.train.checkpoint import load_checkpoint, save_checkpoint
+from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
 from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
 
@@ -86,7 +88,9 @@ def collate(examples: list[Example], tokenizer, cfg: RunConfig, max_words: int, 
 
 def _shard(batch: list[Example], rank: int, world: int) -> list[Example]:
     # Every rank takes a slice of the same global batch, so all ranks train the same task each step.
-    return batch[rank::world]
+    # A batch smaller than the world (a task's last batch) would leave some ranks nothing to encode and
+    # no backward to join DDP's gradient all-reduce: those ranks repeat one of the batch's examples.
+    return batch[rank::world] or [batch[rank % len(batch)]]
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -120,9 +124,10 @@ def validation_losses(model, examples: dict[str, list[Example]], tokenizer, cfg,
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-def prepare_data(cfg: RunConfig, out_dir: Path, write: bool) -> tuple[Dataset, list[list[int]]]:
-    """Load the dataset and the run's fixed negatives (sampled once, then read back)."""
-    ds = load_dataset(cfg.data.path)
+def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
+    """Load the dataset (unless given) and the run's fixed negatives (sampled once, then read back)."""
+    if ds is None:
+        ds = load_dataset(cfg.data.path)
     cache = out_dir / "negative_samples.txt"
     if ds.negatives is not None and not cache.exists():
         if write:  # the dataset ships its own candidates: keep a copy beside the run
@@ -136,13 +141,20 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     out_dir = Path(out_dir)
     rank, world, device = _dist_setup(cfg.train.device)
     main = rank == 0
+    # Every RNG a checkpoint saves starts from the seed, so a fresh run is as reproducible as a resumed one.
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
+    # Read the data before creating anything, so that unreadable data leaves no half-made run directory.
+    ds = load_dataset(cfg.data.path)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            tidy_run_directory(out_dir)  # what a killed run left half-written
         write_json_atomic(out_dir / "config.json", cfg.model_dump())
-    ds, negatives = prepare_data(cfg, out_dir, write=main)
+    ds, negatives = prepare_data(cfg, out_dir, write=main, ds=ds)
     if world > 1:
         dist.barrier()
     explanations_train, explanations_val = split_explanations(ds, cfg.data.explanation_val_fraction, cfg.train.seed)
@@ -201,10 +213,13 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
             log.write(json.dumps(event) + "\n")
             log.flush()
 
+    saved = {"step": state["step"] if resume else None}  # the step checkpoint/ holds
+
     def checkpoint() -> None:
         if main:
             save_checkpoint(ckpt, bundle, optimizer, scheduler, state)
             log_event({"event": "checkpoint", "step": state["step"], "epoch": state["epoch"], "position": state["position"]})
+        saved["step"] = state["step"]
         if world > 1:
             dist.barrier()
 
@@ -216,7 +231,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         epoch = state["epoch"]
         batches = epoch_batches(epoch=epoch, **plan_args)
         bar = tqdm(total=len(batches), initial=state["position"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True)
-        window_loss, window_n, window_t = 0.0, 0, time.time()
+        window_loss, window_n, window_steps, window_t = 0.0, 0, 0, time.time()
         while state["position"] < len(batches) and state["step"] < total_steps:
             examples = batches[state["position"]]
             batch = collate(_shard(examples, rank, world), tokenizer, cfg, max_words, device)
@@ -231,23 +246,26 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
             state["step"] += 1
             window_loss += loss.detach().item()
             window_n += len(examples)
+            window_steps += 1
             bar.update(1)
             if state["step"] % cfg.train.log_every == 0:
                 elapsed = time.time() - window_t
                 sps = window_n / max(elapsed, 1e-9)
-                mean_loss = window_loss / cfg.train.log_every
+                mean_loss = window_loss / window_steps  # fewer than log_every after an epoch boundary or a resume
                 log_event({"event": "train", "step": state["step"], "epoch": epoch, "task": examples[0].task, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": sps})
                 if writer:
                     writer.add_scalar("train/loss", mean_loss, state["step"])
                     writer.add_scalar("train/samples_per_s", sps, state["step"])
                 bar.set_postfix(loss=f"{mean_loss:.3f}", sps=f"{sps:.0f}")
-                window_loss, window_n, window_t = 0.0, 0, time.time()
+                window_loss, window_n, window_steps, window_t = 0.0, 0, 0, time.time()
             if state["step"] % cfg.train.checkpoint_every == 0:
                 checkpoint()
         bar.close()
         if state["position"] < len(batches):
             break  # max_steps reached mid-epoch
-        val = validation_losses(ddp, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
+        # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
+        # a DDP forward may broadcast buffers, a collective every rank would have to join.
+        val = validation_losses(model, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
         mean_val = sum(val.values()) / max(len(val), 1)
         state["history"].append({"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
         log_event({"event": "validation", "epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
@@ -265,6 +283,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         state.update(epoch=epoch + 1, position=0)
         checkpoint()
 
+    if saved["step"] != state["step"]:
+        checkpoint()  # max_steps stopped the run between checkpoints: keep its final state resumable
     if state["best_epoch"] is None and main:
         save_bundle(bundle, out_dir / "best")  # no full epoch ran: the last weights are the best we have
     digest = weights_digest(model)
