@@ -152,8 +152,13 @@ def validation_examples(
     max_history: int,
     max_users: int | None,
     split: str = "val",
+    topn_candidates: int | None = None,
 ) -> dict[str, list[Example]]:
-    """Fixed validation examples per task, in the evaluation input form, for validation losses."""
+    """Fixed validation examples per task, in the evaluation input form, for validation losses.
+
+    Top-n inputs hold the target and the first `topn_candidates - 1` fixed negatives (all of them when
+    None), so validation inputs are as long as training inputs and are not cut at max_input_length.
+    """
     template = eval_template(variant)
     users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
     out: dict[str, list[Example]] = {"sequential": [], "topn": [], "explanation": []}
@@ -161,7 +166,7 @@ def validation_examples(
         history, target = ds.history_and_target(u, split)
         hist = [index.item_text(i) for i in history[-max_history:]]
         out["sequential"].append(Example("sequential", u, source_text("sequential", template, user_text(u), hist), index.item_text(target)))
-        cands = [target] + list(negatives[u])
+        cands = [target] + list(negatives[u][: None if topn_candidates is None else topn_candidates - 1])
         random.Random(u).shuffle(cands)
         src = source_text("topn", template, user_text(u), [index.item_text(i) for i in cands])
         out["topn"].append(Example("topn", u, src, index.item_text(target)))

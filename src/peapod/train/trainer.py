@@ -192,7 +192,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
 
     max_words = model.config.max_whole_words
     val_examples = validation_examples(
-        ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users
+        ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users,
+        topn_candidates=cfg.train.topn_candidates,
     )
     val_examples = {t: v for t, v in val_examples.items() if t in cfg.train.tasks}
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
