@@ -584,7 +584,7 @@ def test_demo_is_a_subset_of_toys(shared, demo):
 
 
 def test_cli_demo_and_stats_demo():
-    result = runner.invoke(app, ["demo"])
+    result = runner.invoke(app, ["demo", "--stats-only"])
     assert result.exit_code == 0, result.output
     assert "878" in result.output and "train 485 / val 0 / test 491" in result.output
     result = runner.invoke(app, ["data", "stats", "demo"])

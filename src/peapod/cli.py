@@ -40,27 +40,42 @@ def train_command(
     from peapod.train.config import ConfigError, load_config
 
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"--out {run_dir} is a file, not a run directory")
     if resume:
+        from peapod.train.checkpoint import checkpoint_exists
+
         saved = run_dir / "config.json"
         if not saved.is_file():
             fail(f"nothing to resume: {saved} does not exist")
+        if not checkpoint_exists(run_dir / "checkpoint"):
+            fail(f"nothing to resume: {run_dir / 'checkpoint'} holds no checkpoint")
         cfg_path = saved
     else:
         cfg_path = config
         if run_dir.exists() and any(run_dir.iterdir()):
             fail(f"run directory {run_dir} is not empty; use --resume to continue it or choose another --out")
-    overrides = list(set_) + ([f"data.path={data}"] if data else [])
     try:
-        cfg = load_config(cfg_path, overrides)
+        cfg = load_config(cfg_path, list(set_))
+        if data:  # a path, taken as is (not parsed as YAML like --set values)
+            cfg.data.path = data
     except ConfigError as e:
         fail(str(e))
     if cfg.data.path is None:
         fail("no data: set data.path in the config or pass --data (a P5 directory, a table, or 'demo')")
     if cfg.data.path != "demo" and not Path(cfg.data.path).exists():
         fail(f"data path does not exist: {cfg.data.path}")
+    from peapod.model.peapod import PRESETS
+
+    if cfg.model.backbone not in PRESETS and not Path(cfg.model.backbone).is_dir():
+        fail(f"model.backbone {cfg.model.backbone!r} is neither a preset ({', '.join(PRESETS)}) nor a local directory")
     from peapod.train.trainer import train
 
     summary = train(cfg, run_dir, resume=resume, quiet=quiet)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun: one report, from rank 0, not one per process
     if summary.get("history"):
         last = summary["history"][-1]
         typer.echo(f"trained {summary['steps']} steps; best epoch {summary['best_epoch']}; last val {json.dumps(last['val'])}", err=True)
@@ -102,17 +117,278 @@ def data_download(
         typer.echo(str(p))
 
 
+# Evaluation ------------------------------------------------------------------------------------
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+app.add_typer(bench_app, name="bench")
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
+    tasks: str = typer.Option("seq,topn,exp", "--tasks", help="Comma-separated: seq, topn, exp."),
+    protocol: str = typer.Option(None, "--protocol", help="legacy | rigorous (default: the run config's eval.protocol)."),
+    seq_decoding: str = typer.Option(None, "--seq-decoding", help="beam | constrained | full (default: the protocol's)."),
+    topn_decoding: str = typer.Option(None, "--topn-decoding", help="beam | score (default: the protocol's)."),
+    exp_decoding: str = typer.Option(None, "--exp-decoding", help="greedy | beam | legacy (default: the protocol's)."),
+    split: str = typer.Option("test", "--split", help="val | test."),
+    max_users: int = typer.Option(None, "--max-users", help="First N users (0: all; default: the run config's eval.max_users)."),
+    seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the run config's eval.seeds)."),
+    legacy_random_fill: bool = typer.Option(False, "--legacy-random-fill", help="Replace invalid outputs by random items (seeded), as published."),
+    mask_history: bool = typer.Option(False, "--mask-history", help="Remove history items from full/constrained sequential rankings."),
+    truncate_references: int = typer.Option(None, "--truncate-references", help="Legacy BLEU/ROUGE references cut to N tokenizer ids (0: none; default 20 for legacy, none for rigorous)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Requests per encoder pass (default: the run config's eval.batch_size)."),
+    data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table or 'demo') for a model directory without a run config."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    out: str = typer.Option(None, "--out", "-o", help="Metrics file to write (default: RUN_DIR/metrics.json)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
+    from peapod.evaluate.inference import EXPLANATION_DECODINGS
+    from peapod.evaluate.runner import PROTOCOLS, SEQ_DECODINGS, TOPN_DECODINGS, evaluate_run, format_table
+
+    task_list = _split_list(tasks) or []
+    known_tasks = {"seq", "sequential", "topn", "top-n", "exp", "explanation"}
+    if not task_list or any(t not in known_tasks for t in task_list):
+        fail(f"--tasks must be a comma-separated subset of seq, topn, exp; got {tasks!r}")
+    if protocol is not None and protocol not in PROTOCOLS:
+        fail(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+    for flag, value, choices in (
+        ("--seq-decoding", seq_decoding, SEQ_DECODINGS),
+        ("--topn-decoding", topn_decoding, TOPN_DECODINGS),
+        ("--exp-decoding", exp_decoding, tuple(EXPLANATION_DECODINGS)),
+    ):
+        if value is not None and value not in choices:
+            fail(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
+    if split not in ("val", "test"):
+        fail(f"--split must be val or test; got {split!r}")
+    if max_users is not None and max_users < 0:
+        fail(f"--max-users must be >= 0; got {max_users}")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be >= 1; got {batch_size}")
+    if truncate_references is not None and truncate_references < 0:
+        fail(f"--truncate-references must be >= 0; got {truncate_references}")
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in _split_list(seeds)]
+        except ValueError:
+            fail(f"--seeds must be comma-separated integers; got {seeds!r}")
+        if not seed_list or len(set(seed_list)) != len(seed_list):
+            fail(f"--seeds must be distinct integers; got {seeds!r}")
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device must be cpu or cuda; got {device!r}")
+    if not Path(run_dir).exists():
+        fail(f"no such run or model directory: {run_dir}")
+    kwargs = {}
+    if truncate_references is not None:
+        kwargs["truncate_references"] = truncate_references or None
+    if max_users is not None:
+        kwargs["max_users"] = max_users
+    try:
+        result = evaluate_run(
+            run_dir, tasks=task_list, protocol=protocol, seq_decoding=seq_decoding, topn_decoding=topn_decoding,
+            split=split, seed=seed_list, legacy_random_fill=legacy_random_fill, exp_decoding=exp_decoding,
+            batch_size=batch_size, progress=not quiet, data=data, out=out, mask_history=mask_history,
+            device=device, **kwargs,
+        )
+    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
+        fail(str(e))
+    typer.echo(format_table(result))
+    target = out or str(Path(result["model"]["run_dir"] or result["model"]["dir"]) / "metrics.json")
+    typer.echo(f"wrote {target}", err=True)
+
+
+@bench_app.command("eval-speed")
+def bench_eval_speed(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
+    max_users: int = typer.Option(100, "--max-users", help="Users evaluated by every method."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Requests per encoder pass."),
+    split: str = typer.Option("test", "--split", help="val | test."),
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads (1 gives stable timings on a shared machine)."),
+    repeats: int = typer.Option(1, "--repeats", help="Runs per method; the fastest is reported."),
+    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
+) -> None:
+    """Time top-n beam vs exact scoring and sequential beam vs exact full ranking on the same users."""
+    if max_users < 1 or batch_size < 1 or repeats < 1 or (threads is not None and threads < 1):
+        fail("--max-users, --batch-size, --repeats and --threads must be >= 1")
+    if split not in ("val", "test"):
+        fail(f"--split must be val or test; got {split!r}")
+    if not Path(run_dir).exists():
+        fail(f"no such run or model directory: {run_dir}")
+    from peapod.evaluate.bench import format_speed_table, run_eval_speed
+    from peapod.io import write_json_atomic
+
+    try:
+        result = run_eval_speed(run_dir, max_users=max_users, batch_size=batch_size, split=split, threads=threads, data=data, repeats=repeats)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    print_json(result)
+    typer.echo("")
+    typer.echo(format_speed_table(result))
+    if out:
+        write_json_atomic(out, result)
+
+
+# Serving ---------------------------------------------------------------------------------------
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device must be cpu or cuda; got {device!r}")
+
+
+def _load_recommender(run_dir: str, data: str | None, device: str | None):
+    """A Recommender, or one error line and exit 2."""
+    _check_device(device)
+    if not Path(run_dir).exists():
+        fail(f"no such run or model directory: {run_dir}")
+    from peapod.serve.recommender import Recommender
+
+    try:
+        return Recommender.load(run_dir, device=device, data=data)
+    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
+        fail(str(e))
+
+
+def _recommend_table(items: list[dict]) -> str:
+    explained = any("explanation" in x for x in items)
+    rows = [("#", "item", "score", "explanation" if explained else "")] + [
+        (str(i + 1), x["item"], f"{x['score']:.4f}", x.get("explanation") or "") for i, x in enumerate(items)
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+@app.command("recommend")
+def recommend_command(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
+    user: str = typer.Option(None, "--user", "-u", help="A user id of the dataset (served with its known items)."),
+    history: str = typer.Option(None, "--history", help="Comma-separated item ids, oldest first: serves a user the model never saw."),
+    k: int = typer.Option(10, "-k", "--k", help="Items to return (1..100)."),
+    explain: bool = typer.Option(False, "--explain", help="Add a generated explanation to every item."),
+    include_history: bool = typer.Option(False, "--include-history", help="Allow items of the history in the list."),
+    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+) -> None:
+    """Top-k items for a user (or a history) by exact scoring of the whole catalogue; JSON on stdout."""
+    from peapod.serve.recommender import MAX_K, UnknownItem, UnknownUser
+
+    if user is None and history is None:
+        fail("give --user ID, --history ID,ID,... or both")
+    items = _split_list(history)
+    if history is not None and not items:
+        fail("--history must list at least one item id")
+    if not 1 <= k <= MAX_K:
+        fail(f"-k must be in 1..{MAX_K}; got {k}")
+    rec = _load_recommender(run_dir, data, device)
+    try:
+        result = rec.recommend_batch([user], k, not include_history, histories=[items], explain=explain)[0]
+    except (UnknownUser, UnknownItem, ValueError) as e:
+        fail(str(e))
+    rows = [{"item": x[0], "score": x[1], **({"explanation": x[2]} if explain else {})} for x in result]
+    print_json({"user": user, "cold_start": user is None or not rec.known_user(user), "k": k, "items": rows})
+    if sys.stdout.isatty():
+        typer.echo("")
+        typer.echo(_recommend_table(rows))
+
+
+@app.command("explain")
+def explain_command(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
+    user: str = typer.Option(None, "--user", "-u", help="A user id of the dataset."),
+    item: str = typer.Option(..., "--item", "-i", help="The item id to explain."),
+    history: str = typer.Option(None, "--history", help="Comma-separated item ids: for a user the model never saw."),
+    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+) -> None:
+    """A generated explanation of why USER would like ITEM; JSON on stdout."""
+    from peapod.serve.recommender import UnknownItem, UnknownUser
+
+    if user is None and history is None:
+        fail("give --user ID, --history ID,ID,... or both")
+    items = _split_list(history)
+    if history is not None and not items:
+        fail("--history must list at least one item id")
+    rec = _load_recommender(run_dir, data, device)
+    try:
+        text = rec.explain(user, item, history=items)
+    except (UnknownUser, UnknownItem, ValueError) as e:
+        fail(str(e))
+    print_json({"user": user, "item": item, "explanation": text})
+
+
+@app.command("serve")
+def serve_command(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port."),
+    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most requests of one kind per model call."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for company after its first request."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (critical, error, warning, info, debug)."),
+) -> None:
+    """Serve /recommend, /rank, /explain and /health over HTTP (OpenAPI docs at /docs), micro-batched."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        fail(f"serving needs fastapi and uvicorn ({e.name} is missing): pip install 'peapod[serve]'")
+    if not 0 <= port <= 65535:
+        fail(f"--port must be in 0..65535; got {port}")
+    if max_batch < 1 or max_wait_ms < 0:
+        fail("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        fail(f"--log-level must be one of critical, error, warning, info, debug; got {log_level!r}")
+    rec = _load_recommender(run_dir, data, device)
+    from peapod.serve.app import serve
+
+    info = rec.info()
+    typer.echo(
+        f"serving {info['variant']} model ({info['catalogue_size']} items, {info['users']} users, {info['dataset']}) "
+        f"on http://{host}:{port}  (docs: /docs)",
+        err=True,
+    )
+    serve(rec, host, port, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, log_level=log_level)
+
+
 # Demo ------------------------------------------------------------------------------------------
 
 
 @app.command("demo")
-def demo() -> None:
-    """Show the embedded demo dataset (878 Amazon Toys & Games users) and its split sizes."""
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory to write (must be empty unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Reuse a non-empty --out: its earlier demo outputs are replaced."),
+    quick: bool = typer.Option(False, "--quick", help="A few training steps and few evaluated users (seconds; for tests)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final summary: no progress or step messages."),
+    device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    stats_only: bool = typer.Option(False, "--stats-only", help="Only print the dataset stats (no training)."),
+) -> None:
+    """The whole path on the embedded demo data: dataset stats, training (tiny T5), evaluation under the
+    legacy and rigorous protocols, one user's top-10 with an explanation, and a run report with plots."""
     from peapod.data.loaders import describe_demo
 
     try:
         typer.echo(describe_demo())
     except DataError as e:
+        fail(str(e))
+    if stats_only:
+        return
+    _check_device(device)
+    from peapod.serve.demo import DemoError, run_demo
+
+    typer.echo("")
+    try:
+        run_demo(out, force=force, quick=quick, quiet=quiet, device=device, echo=typer.echo)
+    except DemoError as e:
         fail(str(e))
 
 

@@ -1,0 +1,84 @@
+"""`peapod demo`: the built-in config equals configs/tiny.yaml, --out safety, and a --quick run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from peapod.cli import app
+from peapod.serve.demo import DEMO_OUTPUTS, TINY_CONFIG, demo_config, prepare_out_dir
+from peapod.train.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_builtin_config_equals_configs_tiny_yaml():
+    path = REPO / "configs" / "tiny.yaml"
+    if not path.is_file():
+        pytest.skip("configs/tiny.yaml not in this checkout")
+    assert TINY_CONFIG == yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert demo_config() == load_config(path)
+    quick = demo_config(quick=True)
+    assert quick.train.max_steps and quick.data.path == "demo"
+
+
+def test_out_dir_must_be_empty_unless_forced(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    (out / "best").mkdir()
+    (out / "best" / "model.safetensors").write_text("old")
+    (out / "log.jsonl").write_text("{}\n")
+    r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: output directory")
+    assert "878" in r.stdout  # the dataset stats still come first
+    prepare_out_dir(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # only demo outputs are removed
+    assert "log.jsonl" in DEMO_OUTPUTS
+    (tmp_path / "file").write_text("x")
+    assert CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "file")]).exit_code == 2
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    import matplotlib.image
+
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output + str(r.exception)
+    text = r.stdout
+    # dataset stats first, then metrics of both protocols, a top-10 and an explanation
+    assert text.index("users") < text.index("interactions") < text.index("metrics")
+    assert "878" in text.split("metrics")[0]
+    assert "legacy" in text and "rigorous" in text and "HR@10" in text and "BLEU-4" in text
+    assert "top-10 for user" in text
+    assert sum(1 for line in text.splitlines() if "log-likelihood" in line) == 10
+    assert "why item" in text
+
+    for protocol in ("legacy", "rigorous"):
+        metrics = json.loads((out / f"metrics_{protocol}.json").read_text())
+        assert metrics["protocol"] == protocol and set(metrics["tasks"]) == {"sequential", "topn", "explanation"}
+    example = json.loads((out / "example.json").read_text())
+    assert len(example["items"]) == 10 and isinstance(example["explanation"], str)
+
+    report = (out / "report.md").read_text()
+    assert "![training curves](training_curves.png)" in report and "![metrics by task](metrics.png)" in report
+    assert "| task | metric | legacy | rigorous |" in report
+    for name in ("training_curves.png", "metrics.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_stats_only_prints_the_dataset_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["demo", "--stats-only"])
+    assert r.exit_code == 0, r.output
+    assert "878" in r.stdout and "train 485 / val 0 / test 491" in r.stdout and "training" not in r.stdout
+    assert list(tmp_path.iterdir()) == []
