@@ -303,20 +303,12 @@ class Recommender:
         ks = _broadcast(k, n, "k")
         excl = _broadcast(exclude_history, n, "exclude_history")
         expl = _broadcast(explain, n, "explain")
-        results: list = [None] * n
-        ok: list[int] = []
-        whos: list[_Who] = []
-        for j in range(n):
-            try:
-                who = self._who(users[j], histories[j])
-                ks[j] = self._k(ks[j])
-            except (KeyError, ValueError) as e:
-                if not return_exceptions:
-                    raise
-                results[j] = e
-                continue
-            ok.append(j)
-            whos.append(who)
+        def check(j: int) -> _Who:
+            who = self._who(users[j], histories[j])
+            ks[j] = self._k(ks[j])
+            return who
+
+        results, ok, whos = _check_each(n, check, return_exceptions)
         if not ok:
             return results
         item_ids = self.predictor.bundle.item_ids
@@ -369,24 +361,13 @@ class Recommender:
         histories = list(histories) if histories is not None else [None] * n
         if len(histories) != n:
             raise ValueError(f"{len(histories)} histories for {n} users")
-        results: list = [None] * n
-        ok, whos, cands = [], [], []
-        for j in range(n):
-            try:
-                who = self._who(users[j], histories[j])
-                c = self._candidates(candidates[j])
-            except (KeyError, ValueError) as e:
-                if not return_exceptions:
-                    raise
-                results[j] = e
-                continue
-            ok.append(j)
-            whos.append(who)
-            cands.append(c)
+        results, ok, checked = _check_each(
+            n, lambda j: (self._who(users[j], histories[j]), self._candidates(candidates[j])), return_exceptions
+        )
         if not ok:
             return results
         with self._lock:
-            requests = [Request("topn", c, w.index, profile=w.history) for w, c in zip(whos, cands)]
+            requests = [Request("topn", c, w.index, profile=w.history) for w, c in checked]
             items, scores = self.predictor.rank_candidates(requests)
         item_ids = self.predictor.bundle.item_ids
         for j, it, sc in zip(ok, items, scores):
@@ -426,19 +407,11 @@ class Recommender:
         histories = list(histories) if histories is not None else [None] * n
         if len(histories) != n:
             raise ValueError(f"{len(histories)} histories for {n} users")
-        results: list = [None] * n
-        ok, requests = [], []
-        for j in range(n):
-            try:
-                who = self._who(users[j], histories[j])
-                item = self._item(items[j])
-            except (KeyError, ValueError) as e:
-                if not return_exceptions:
-                    raise
-                results[j] = e
-                continue
-            ok.append(j)
-            requests.append(Request("explanation", (item,), who.index, profile=who.history))
+        def check(j: int) -> Request:
+            who = self._who(users[j], histories[j])
+            return Request("explanation", (self._item(items[j]),), who.index, profile=who.history)
+
+        results, ok, requests = _check_each(n, check, return_exceptions)
         if not ok:
             return results
         with self._lock:
@@ -446,3 +419,25 @@ class Recommender:
         for j, t in zip(ok, texts):
             results[j] = t
         return results
+
+
+def _check_each(n: int, check, return_exceptions: bool) -> tuple[list, list[int], list]:
+    """Run `check(j)` for every request j of a batch.
+
+    Returns (results with a failed request's exception in its place, indices that passed, their checked
+    values). Without `return_exceptions` the first KeyError/ValueError is raised.
+    """
+    results: list = [None] * n
+    ok: list[int] = []
+    values: list = []
+    for j in range(n):
+        try:
+            value = check(j)
+        except (KeyError, ValueError) as e:
+            if not return_exceptions:
+                raise
+            results[j] = e
+            continue
+        ok.append(j)
+        values.append(value)
+    return results, ok, values
