@@ -67,6 +67,8 @@ EXPLANATION_DECODINGS: dict[str, dict] = {
     "greedy": {"num_beams": 1, "max_length": 50},
     "beam": {"num_beams": 4, "max_length": 50},
     "legacy": {"num_beams": 7, "min_length": 10, "max_length": 50},
+    # For people rather than metrics: greedy, but no bigram may repeat (weak models loop on "the the ...").
+    "serve": {"num_beams": 1, "max_length": 50, "no_repeat_ngram_size": 2},
 }
 
 
@@ -577,7 +579,7 @@ class Predictor:
     ) -> list[str]:
         """Generated explanations (special tokens skipped, whitespace-stripped), one per request.
 
-        `decoding` is a key of `EXPLANATION_DECODINGS` (greedy | beam | legacy); the keyword
+        `decoding` is a key of `EXPLANATION_DECODINGS` (greedy | beam | legacy | serve); the keyword
         arguments override its settings.
         """
         if decoding not in EXPLANATION_DECODINGS:

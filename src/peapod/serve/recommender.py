@@ -17,7 +17,7 @@ What the model is given:
 * rank (the top-n task): the candidates, in the order given, written into the input; each is scored
   by its exact log-likelihood (`Predictor.rank_candidates`). Inputs longer than the model's token
   budget are cut, the scores stay exact for every candidate.
-* explain: greedy decoding of the explanation task for (user, item).
+* explain: greedy decoding (no repeated bigram) of the explanation task for (user, item).
 * users the model never saw (an id not in the training data, or no id at all) need a `history`; for
   the peapod variant their user prompt is built from CF vectors folded in from those items
   (`model.fold_in`) and their nearest training users. No retraining.
@@ -322,7 +322,7 @@ class Recommender:
             pairs = [(q, i) for q, (j, lst) in enumerate(zip(ok, lists)) if expl[j] for i, _ in lst]
             if pairs:
                 exp_requests = [Request("explanation", (i,), whos[q].index, profile=whos[q].history) for q, i in pairs]
-                for pair, text in zip(pairs, p.explain(exp_requests)):
+                for pair, text in zip(pairs, p.explain(exp_requests, "serve")):
                     texts[pair] = text
         for q, (j, lst) in enumerate(zip(ok, lists)):
             if expl[j]:
@@ -386,7 +386,7 @@ class Recommender:
 
     # ---- explain ------------------------------------------------------------------------------
     def explain(self, user: str | None, item: str, *, history: Sequence[str] | None = None) -> str:
-        """A generated explanation (greedy decoding) of why `user` would like `item`.
+        """A generated explanation (greedy, no repeated bigram) of why `user` would like `item`.
 
         A user the model never saw needs `history` (for the CF fold-in of its user prompt).
         """
@@ -415,7 +415,7 @@ class Recommender:
         if not ok:
             return results
         with self._lock:
-            texts = self.predictor.explain(requests)
+            texts = self.predictor.explain(requests, "serve")
         for j, t in zip(ok, texts):
             results[j] = t
         return results
