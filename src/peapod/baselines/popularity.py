@@ -1,0 +1,111 @@
+"""Most-popular baseline, plus the evaluation helpers shared by every score-based baseline.
+
+Popularity counts how often each item occurs in the *training* part of the leave-one-out split
+(`Dataset.train_items`), so a user's validation and test items never leak into the counts.
+
+The helpers `full_ranking_metrics` / `candidate_metrics` take a score function
+``score_fn(users, histories) -> Tensor[B, N]`` (N = number of items, higher = better) and turn it
+into HR@k / NDCG@k with `peapod.evaluate.metrics`, ties counted against the target (pessimistic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from peapod.data.dataset import Dataset
+from peapod.evaluate.metrics import rank_of_target, ranking_metrics
+
+ScoreFn = Callable[[list[int], list[list[int]]], torch.Tensor]
+
+FULL_KS = (1, 5, 10, 20)
+FULL_NDCG_KS = (5, 10, 20)
+CANDIDATE_KS = (1, 5, 10)
+CANDIDATE_NDCG_KS = (5, 10)
+
+
+def full_ranking_metrics(
+    score_fn: ScoreFn,
+    ds: Dataset,
+    split: str = "test",
+    max_users: int | None = None,
+    mask_history: bool = False,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """HR@{1,5,10,20} / NDCG@{5,10,20} ranking the target among all items.
+
+    With ``mask_history`` the items of a user's history (other than the target itself) are
+    removed from the ranking.
+    """
+    users = list(range(ds.n_users if max_users is None else min(max_users, ds.n_users)))
+    ranks = []
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        pairs = [ds.history_and_target(u, split) for u in chunk]
+        histories = [h for h, _ in pairs]
+        targets = torch.tensor([t for _, t in pairs], dtype=torch.long)
+        scores = score_fn(chunk, histories).detach().float().clone()
+        if mask_history:
+            for row, (hist, target) in enumerate(pairs):
+                seen = [i for i in set(hist) if i != target]
+                if seen:
+                    scores[row, seen] = float("-inf")
+        ranks.append(rank_of_target(scores, targets, ties="pessimistic"))
+    all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return ranking_metrics(all_ranks, ks=FULL_KS, ndcg_ks=FULL_NDCG_KS)
+
+
+def candidate_metrics(
+    score_fn: ScoreFn,
+    ds: Dataset,
+    negatives: Sequence[Sequence[int]],
+    split: str = "test",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """HR@{1,5,10} / NDCG@{5,10} ranking the target among itself + ``negatives[user]`` (1 + 99)."""
+    ranks = []
+    for start in range(0, ds.n_users, batch_size):
+        chunk = list(range(start, min(start + batch_size, ds.n_users)))
+        pairs = [ds.history_and_target(u, split) for u in chunk]
+        scores = score_fn(chunk, [h for h, _ in pairs]).detach().float()
+        cands = torch.tensor([[t, *negatives[u]] for u, (_, t) in zip(chunk, pairs)], dtype=torch.long)
+        cand_scores = scores.gather(1, cands)
+        ranks.append(rank_of_target(cand_scores, torch.zeros(len(chunk), dtype=torch.long), ties="pessimistic"))
+    all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return ranking_metrics(all_ranks, ks=CANDIDATE_KS, ndcg_ks=CANDIDATE_NDCG_KS)
+
+
+class PopularityModel:
+    """Scores every item by its number of training interactions (same for every user)."""
+
+    def __init__(self) -> None:
+        self.counts: torch.Tensor | None = None
+
+    def fit(self, ds: Dataset) -> PopularityModel:
+        counts = torch.zeros(ds.n_items, dtype=torch.float32)
+        for u in range(ds.n_users):
+            items = ds.train_items(u)
+            if items:
+                counts.index_add_(0, torch.tensor(items, dtype=torch.long), torch.ones(len(items)))
+        self.counts = counts
+        return self
+
+    def scores(self, users: Sequence[int]) -> torch.Tensor:
+        """``[B, N]`` item counts, one identical row per user."""
+        if self.counts is None:
+            raise RuntimeError("PopularityModel is not fitted; call fit(ds) first")
+        return self.counts.unsqueeze(0).expand(len(users), -1)
+
+    def _score_fn(self, users: list[int], histories: list[list[int]]) -> torch.Tensor:
+        return self.scores(users)
+
+    def evaluate_full(
+        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False
+    ) -> dict[str, float]:
+        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
+
+    def evaluate_candidates(
+        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test"
+    ) -> dict[str, float]:
+        return candidate_metrics(self._score_fn, ds, negatives, split)

@@ -1,0 +1,130 @@
+"""Popularity and SASRec baselines on tiny hand-made datasets (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peapod.baselines import PopularityModel, SASRecConfig, train_sasrec
+from peapod.data.dataset import Dataset
+
+FULL_KEYS = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"]
+CAND_KEYS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_ds(sequences: list[list[int]], n_items: int) -> Dataset:
+    return Dataset(
+        name="tiny",
+        user_ids=[str(u) for u in range(len(sequences))],
+        item_ids=[str(i) for i in range(n_items)],
+        sequences=sequences,
+    )
+
+
+def cycle_ds(n_users: int = 40, n_items: int = 30, length: int = 8) -> Dataset:
+    """User u walks u, u+1, ..., u+length-1 (mod n_items): the next item is always current + 1."""
+    return make_ds([[(u + j) % n_items for j in range(length)] for u in range(n_users)], n_items)
+
+
+FAST = SASRecConfig(dim=32, n_layers=2, n_heads=2, dropout=0.1, max_len=10, lr=1e-2, batch_size=16, epochs=30)
+
+
+@pytest.fixture(scope="module")
+def cyc_model():
+    ds = cycle_ds()
+    return ds, train_sasrec(ds, FAST)
+
+
+# Popularity ----------------------------------------------------------------------------------
+def test_popularity_counts_training_interactions_only():
+    # Item 4 is every user's val/test item but never a training item; it must score 0.
+    ds = make_ds([[0, 1, 4, 4], [0, 2, 4, 4], [0, 1, 3, 4, 4]], n_items=5)
+    model = PopularityModel().fit(ds)
+    assert model.counts.tolist() == [3.0, 2.0, 1.0, 1.0, 0.0]
+    scores = model.scores([0, 1])
+    assert scores.shape == (2, 5)
+    assert torch.equal(scores[0], scores[1])
+
+
+def test_popularity_ranks_most_frequent_training_item_first():
+    # Training: item 2 x3, item 0 x2, item 1 x1, item 3 x0. Targets: user 0 -> 2 (rank 0), users 1, 2 -> 3 (unseen).
+    ds = make_ds([[2, 0, 1, 2], [2, 1, 0, 3], [2, 0, 3, 3]], n_items=4)
+    model = PopularityModel().fit(ds)
+    assert int(model.scores([0])[0].argmax()) == 2
+    m = model.evaluate_full(ds, "test")
+    assert list(m) == FULL_KEYS
+    assert m["HR@1"] == pytest.approx(1 / 3)
+    # Item 3 has the lowest count (no ties): rank 3 -> inside HR@5.
+    assert m["HR@5"] == pytest.approx(1.0)
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+
+
+def test_popularity_mask_history_and_max_users():
+    # User 0 test history [1, 1, 0]; the target 2 is less popular than 1 and 0 unless they are masked.
+    ds = make_ds([[1, 1, 0, 2], [1, 0, 1, 1]], n_items=3)
+    model = PopularityModel().fit(ds)
+    assert model.evaluate_full(ds, "test", max_users=1)["HR@1"] == 0.0
+    assert model.evaluate_full(ds, "test", max_users=1, mask_history=True)["HR@1"] == 1.0
+
+
+def test_popularity_candidates_with_hand_made_negatives():
+    ds = make_ds([[0, 0, 1, 3], [0, 1, 0, 2]], n_items=5)
+    model = PopularityModel().fit(ds)  # counts [3, 1, 0, 0, 0]
+    # User 0: target 3 (count 0) vs negatives 0 (3), 4 (0): pessimistic ties -> rank 2.
+    # User 1: target 2 (count 0) vs negatives 1 (1), 4 (0) -> rank 2.
+    m = model.evaluate_candidates(ds, [[0, 4], [1, 4]], "test")
+    assert list(m) == CAND_KEYS
+    assert m["HR@1"] == 0.0
+    assert m["HR@5"] == 1.0
+    assert m["NDCG@5"] == pytest.approx(0.5)
+
+
+# SASRec --------------------------------------------------------------------------------------
+def test_sasrec_learns_a_deterministic_cycle(cyc_model):
+    ds, model = cyc_model
+    scores = model.scores([ds.history_and_target(u, "test")[0] for u in range(3)])
+    assert scores.shape == (3, ds.n_items)
+    # Pointwise BCE with negatives drawn outside the user's sequence never pushes the user's own
+    # earlier items down, so rank the unseen items (what the next item of a cycle always is).
+    m = model.evaluate_full(ds, "test", mask_history=True)
+    assert m["HR@1"] >= 0.8
+    assert model.evaluate_full(ds, "val", mask_history=True)["HR@1"] >= 0.8
+
+
+def test_sasrec_training_is_deterministic_per_seed(cyc_model):
+    ds, model = cyc_model
+    cfg = SASRecConfig(**{**FAST.__dict__, "epochs": 2})
+    hist = [ds.history_and_target(u, "test")[0] for u in range(5)]
+    a = train_sasrec(ds, cfg).scores(hist)
+    b = train_sasrec(ds, cfg).scores(hist)
+    assert torch.equal(a, b)
+    c = train_sasrec(ds, SASRecConfig(**{**cfg.__dict__, "seed": 1})).scores(hist)
+    assert not torch.equal(a, c)
+
+
+def test_sasrec_metrics_keys_ranges_and_candidates(cyc_model):
+    ds, model = cyc_model
+    m = model.evaluate_full(ds, "test", max_users=7)
+    assert list(m) == FULL_KEYS
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+    # Negatives: items far from the cycle position, never the target.
+    negatives = [[(u + 15 + k) % ds.n_items for k in range(5)] for u in range(ds.n_users)]
+    c = model.evaluate_candidates(ds, negatives, "test")
+    assert list(c) == CAND_KEYS
+    assert all(0.0 <= v <= 1.0 for v in c.values())
+    assert c["HR@1"] >= 0.8
+
+
+def test_sasrec_truncates_long_histories(cyc_model):
+    ds, model = cyc_model
+    long_hist = [i % ds.n_items for i in range(3 * model.config.max_len)]
+    s = model.scores([long_hist, long_hist[-model.config.max_len :]])
+    assert torch.allclose(s[0], s[1])
