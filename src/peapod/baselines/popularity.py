@@ -76,7 +76,21 @@ def candidate_metrics(
     return ranking_metrics(all_ranks, ks=CANDIDATE_KS, ndcg_ks=CANDIDATE_NDCG_KS)
 
 
-class PopularityModel:
+class RankingEvaluation:
+    """`evaluate_full` / `evaluate_candidates` for any baseline with `_score_fn(users, histories) -> [B, N]`."""
+
+    def evaluate_full(
+        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False
+    ) -> dict[str, float]:
+        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
+
+    def evaluate_candidates(
+        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test"
+    ) -> dict[str, float]:
+        return candidate_metrics(self._score_fn, ds, negatives, split)
+
+
+class PopularityModel(RankingEvaluation):
     """Scores every item by its number of training interactions (same for every user)."""
 
     def __init__(self) -> None:
@@ -100,12 +114,3 @@ class PopularityModel:
     def _score_fn(self, users: list[int], histories: list[list[int]]) -> torch.Tensor:
         return self.scores(users)
 
-    def evaluate_full(
-        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False
-    ) -> dict[str, float]:
-        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
-
-    def evaluate_candidates(
-        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test"
-    ) -> dict[str, float]:
-        return candidate_metrics(self._score_fn, ds, negatives, split)

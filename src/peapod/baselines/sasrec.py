@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peapod.baselines.popularity import candidate_metrics, full_ranking_metrics
+from peapod.baselines.popularity import RankingEvaluation
 from peapod.data.dataset import Dataset
 
 
@@ -37,7 +37,7 @@ class SASRecConfig:
     seed: int = 0
 
 
-class SASRec(nn.Module):
+class SASRec(nn.Module, RankingEvaluation):
     def __init__(self, n_items: int, config: SASRecConfig):
         super().__init__()
         self.n_items = n_items
@@ -98,15 +98,6 @@ class SASRec(nn.Module):
     def _score_fn(self, users: list[int], histories: list[list[int]]) -> torch.Tensor:
         return self.scores(histories)
 
-    def evaluate_full(
-        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False
-    ) -> dict[str, float]:
-        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
-
-    def evaluate_candidates(
-        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test"
-    ) -> dict[str, float]:
-        return candidate_metrics(self._score_fn, ds, negatives, split)
 
 
 def _training_arrays(ds: Dataset, max_len: int) -> tuple[np.ndarray, np.ndarray, list[set[int]]]:
