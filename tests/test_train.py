@@ -423,6 +423,8 @@ def test_resume_after_sigkill_is_bit_identical(mini, tmp_path, request):
         _assert_same_tensors(ref / rel, run / rel)
     state_ref = json.loads((ref / "checkpoint" / "trainer_state.json").read_text())
     state_run = json.loads((run / "checkpoint" / "trainer_state.json").read_text())
+    # Wall-clock time spent stepping is bookkeeping that cannot match; everything else must.
+    assert state_run.pop("train_seconds") > 0 and state_ref.pop("train_seconds") > 0
     assert state_run == state_ref  # scheduler, optimizer scalars, python/numpy RNG, bookkeeping
     assert _leftovers(run) == []
 
@@ -443,11 +445,46 @@ def test_max_steps_mid_epoch_still_leaves_a_resumable_checkpoint(mini, tmp_path)
     assert _leftovers(tmp_path / "run") == []
 
 
+def test_max_minutes_stops_after_the_step_that_crosses_the_budget_and_resume_respects_it(mini, tmp_path):
+    settings = ["data.path=" + str(mini), "train.batch_size=8", "train.checkpoint_every=100", "train.topn_candidates=10",
+                "train.max_input_length=64", "train.val_max_users=8", "train.max_minutes=1e-6"]  # 60 microseconds
+    summary = train(load_config(TINY, settings), tmp_path / "run", quiet=True)
+    assert summary["out_of_time"] is True and summary["steps"] == 1 and summary["train_seconds"] > 0
+    events = [e for e in _events(tmp_path / "run") if e["event"] == "budget"]
+    assert [e["step"] for e in events] == [1]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 1 and state["train_seconds"] == pytest.approx(summary["train_seconds"], abs=0.01)
+    # The budget is spent: resuming takes no further step.
+    again = train(load_config(TINY, settings), tmp_path / "run", resume=True, quiet=True)
+    assert again["steps"] == 1 and again["out_of_time"] is True
+
+
 # ---- torchrun, 2 processes, gloo ---------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (found through /proc; the workers are in other sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [pid], []
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    for p in found:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_torchrun_two_ranks_on_cpu_stay_in_sync(mini, tmp_path):
@@ -477,14 +514,16 @@ def test_torchrun_two_ranks_on_cpu_stay_in_sync(mini, tmp_path):
         "--master_port", str(_free_port()), "-m", "peapod.cli", "train", "--config", str(TINY), "--data", str(mini),
         "--out", str(run), "-q", *_sets(*settings),
     ]
-    # Its own process group, so that a hang (a collective one rank never joins) kills every rank.
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=480)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun did not finish; log: {_events(run)[-5:]}")
+    # Output goes to files, not pipes: torchrun starts each worker in a session of its own, so a hung
+    # worker would keep a pipe open, and reading it would block, long after torchrun itself is killed.
+    with open(tmp_path / "stdout", "w") as fo, open(tmp_path / "stderr", "w") as fe:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=fo, stderr=fe, text=True)
+        try:
+            proc.wait(timeout=480)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc.pid)
+            pytest.fail(f"torchrun did not finish; log: {_events(run)[-5:]}")
+    out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert proc.returncode == 0, out[-2000:] + err[-4000:]
     assert out.split() == [str(run / "best")]  # printed once (by rank 0), not once per process
     summary = json.loads((run / "summary.json").read_text())

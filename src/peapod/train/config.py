@@ -60,6 +60,9 @@ class TrainSection(_Section):
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget for the optimizer steps (summed over resumes); the run stops after the step that crosses it"
+    )
     patience: int = Field(5, ge=1)
     schedule: Literal["rotate", "mixed"] = "rotate"
     tasks: list[Literal["sequential", "topn", "explanation"]] = ["sequential", "topn", "explanation"]

@@ -12,6 +12,7 @@ One function, `train(config, out_dir)`. Run directory layout:
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -60,6 +61,11 @@ def _all_reduce_sum(values: list[float], device: torch.device, world: int) -> li
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _any_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True on every rank when it is true on one (a wall-clock decision all ranks must share)."""
+    return _all_reduce_sum([float(flag)], device, world)[0] > 0
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -186,9 +192,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.train.warmup_ratio * total_steps), total_steps))
 
-    state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
     if resume:
         state = load_checkpoint(ckpt, optimizer, scheduler)
+        state.setdefault("train_seconds", 0.0)
+    budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
 
     max_words = model.config.max_whole_words
     val_examples = validation_examples(
@@ -228,12 +236,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
     stopped_early = False
     t_start = time.time()
     model.train()
-    while state["epoch"] < cfg.train.epochs and state["step"] < total_steps and not stopped_early:
+    out_of_time = budget_s is not None and state["train_seconds"] >= budget_s  # a resumed run that had used it up
+    while state["epoch"] < cfg.train.epochs and state["step"] < total_steps and not stopped_early and not out_of_time:
         epoch = state["epoch"]
         batches = epoch_batches(epoch=epoch, **plan_args)
         bar = tqdm(total=len(batches), initial=state["position"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True)
         window_loss, window_n, window_steps, window_t = 0.0, 0, 0, time.time()
-        while state["position"] < len(batches) and state["step"] < total_steps:
+        while state["position"] < len(batches) and state["step"] < total_steps and not out_of_time:
+            t_step = time.time()
             examples = batches[state["position"]]
             batch = collate(_shard(examples, rank, world), tokenizer, cfg, max_words, device)
             with autocast():
@@ -249,6 +259,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
             window_n += len(examples)
             window_steps += 1
             bar.update(1)
+            state["train_seconds"] += time.time() - t_step
+            if budget_s is not None:
+                out_of_time = _any_rank(state["train_seconds"] >= budget_s, device, world)
             if state["step"] % cfg.train.log_every == 0:
                 elapsed = time.time() - window_t
                 sps = window_n / max(elapsed, 1e-9)
@@ -263,7 +276,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
                 checkpoint()
         bar.close()
         if state["position"] < len(batches):
-            break  # max_steps reached mid-epoch
+            if out_of_time:
+                log_event({"event": "budget", "step": state["step"], "train_seconds": state["train_seconds"]})
+            break  # max_steps or max_minutes reached mid-epoch
         # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
         # a DDP forward may broadcast buffers, a collective every rank would have to join.
         val = validation_losses(model, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
@@ -299,6 +314,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         "best_epoch": state["best_epoch"],
         "best_val": state["best_val"] if math.isfinite(state["best_val"]) else None,
         "stopped_early": stopped_early,
+        "out_of_time": out_of_time,
+        "train_seconds": round(state["train_seconds"], 2),
         "history": state["history"],
         "world_size": world,
         "ranks_in_sync": len(set(digests)) == 1,
@@ -313,6 +330,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         log.close()
         writer.close()
     if world > 1:
+        # Free the DDP wrapper (its reducer holds process-group work) while the group is still alive;
+        # destroying it after the group is gone can hang a rank at exit.
+        del ddp
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
     return summary
