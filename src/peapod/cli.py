@@ -237,6 +237,84 @@ def bench_eval_speed(
         write_json_atomic(out, result)
 
 
+def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
+    from peapod.grid import GridError, load_grid_spec, plan_cells
+
+    try:
+        spec = load_grid_spec(spec_path)
+        seed_list = [int(x) for x in _split_list(seeds)] if seeds else None
+        cells = plan_cells(spec, _split_list(datasets), _split_list(variants), _split_list(protocols), seed_list)
+    except GridError as e:
+        fail(str(e))
+    except ValueError:
+        fail(f"--seeds takes comma-separated integers; got {seeds!r}")
+    return spec, cells
+
+
+@bench_app.command("grid")
+def bench_grid(
+    spec_path: str = typer.Argument(..., help="Grid spec YAML (benchmarks/grids/*.yaml)."),
+    datasets: str = typer.Option(None, "--datasets", help="Comma-separated subset of the spec's datasets."),
+    variants: str = typer.Option(None, "--variants", help="Comma-separated: p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec."),
+    protocols: str = typer.Option(None, "--protocols", help="Comma-separated: legacy, rigorous."),
+    seeds: str = typer.Option(None, "--seeds", help="Comma-separated subset of the spec's seeds."),
+    out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
+    markdown: str = typer.Option(None, "--markdown", help="Update this file's section for the grid after every cell (e.g. BENCHMARKS.md)."),
+    force: bool = typer.Option(False, "--force", help="Recompute the selected cells even when they have results."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and whether each is done; run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run a benchmark grid ({dataset} x {variant} x {protocol} x {seed}); finished cells are never recomputed."""
+    from tqdm.auto import tqdm
+
+    from peapod.grid import GridError, grid_markdown, load_results, run_grid, update_markdown_section
+
+    spec, cells = _grid_selection(spec_path, datasets, variants, protocols, seeds)
+    out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
+    if dry_run:
+        for c in cells:
+            done = (out_dir / "cells" / f"{c.key}.json").is_file()
+            typer.echo(f"{'done ' if done else 'to do'}  {c.dataset:<10} {c.variant:<17} {c.protocol:<9} seed {c.seed}")
+        return
+    bar = tqdm(total=len(cells), desc=f"grid {spec.name}", unit="cell", disable=quiet or not sys.stderr.isatty())
+
+    def on_cell(cell, result, computed):
+        bar.update(1)
+        seq = result["tasks"].get("sequential", {}).get("metrics", {})
+        typer.echo(f"{'ran ' if computed else 'kept'} {cell.key}: seq NDCG@10 {seq.get('NDCG@10', float('nan')) * 100:.2f}%  "
+                   f"({result['wall_seconds']:.0f}s)", err=True)
+        if markdown:
+            update_markdown_section(markdown, spec.name, grid_markdown(load_results(out_dir), spec, spec_path))
+
+    try:
+        run_grid(spec_path, out_dir, _split_list(datasets), _split_list(variants), _split_list(protocols),
+                 [int(x) for x in _split_list(seeds)] if seeds else None, force=force, progress=not quiet, on_cell=on_cell)
+    except GridError as e:
+        fail(str(e))
+    finally:
+        bar.close()
+    typer.echo(grid_markdown(load_results(out_dir), spec, spec_path))
+
+
+@bench_app.command("report")
+def bench_report(
+    spec_path: str = typer.Argument(..., help="Grid spec YAML."),
+    out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
+    markdown: str = typer.Option(None, "--markdown", help="Write the section into this file (e.g. BENCHMARKS.md) instead of printing it."),
+) -> None:
+    """Aggregate a grid's finished cells into Markdown tables (POD anchors, ratios, targets)."""
+    from peapod.grid import grid_markdown, load_results, update_markdown_section
+
+    spec, _ = _grid_selection(spec_path, None, None, None, None)
+    out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
+    text = grid_markdown(load_results(out_dir), spec, spec_path)
+    if markdown:
+        update_markdown_section(markdown, spec.name, text)
+        typer.echo(f"updated {markdown}", err=True)
+    else:
+        typer.echo(text)
+
+
 # Serving ---------------------------------------------------------------------------------------
 
 

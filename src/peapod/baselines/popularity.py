@@ -62,11 +62,13 @@ def candidate_metrics(
     negatives: Sequence[Sequence[int]],
     split: str = "test",
     batch_size: int = 256,
+    max_users: int | None = None,
 ) -> dict[str, float]:
     """HR@{1,5,10} / NDCG@{5,10} ranking the target among itself + ``negatives[user]`` (1 + 99)."""
     ranks = []
-    for start in range(0, ds.n_users, batch_size):
-        chunk = list(range(start, min(start + batch_size, ds.n_users)))
+    n_users = ds.n_users if max_users is None else min(max_users, ds.n_users)
+    for start in range(0, n_users, batch_size):
+        chunk = list(range(start, min(start + batch_size, n_users)))
         pairs = [ds.history_and_target(u, split) for u in chunk]
         scores = score_fn(chunk, [h for h, _ in pairs]).detach().float()
         cands = torch.tensor([[t, *negatives[u]] for u, (_, t) in zip(chunk, pairs)], dtype=torch.long)
@@ -85,9 +87,9 @@ class RankingEvaluation:
         return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
 
     def evaluate_candidates(
-        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test"
+        self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test", max_users: int | None = None
     ) -> dict[str, float]:
-        return candidate_metrics(self._score_fn, ds, negatives, split)
+        return candidate_metrics(self._score_fn, ds, negatives, split, max_users=max_users)
 
 
 class PopularityModel(RankingEvaluation):
