@@ -447,8 +447,11 @@ def test_max_steps_mid_epoch_still_leaves_a_resumable_checkpoint(mini, tmp_path)
 
 def test_max_minutes_stops_after_the_step_that_crosses_the_budget_and_resume_respects_it(mini, tmp_path):
     settings = ["data.path=" + str(mini), "train.batch_size=8", "train.checkpoint_every=100", "train.topn_candidates=10",
-                "train.max_input_length=64", "train.val_max_users=8", "train.max_minutes=1e-6"]  # 60 microseconds
+                "train.max_input_length=64", "train.val_max_users=8", "train.max_minutes=1e-6",  # 60 microseconds
+                "train.deterministic=true"]
+    assert not torch.are_deterministic_algorithms_enabled()
     summary = train(load_config(TINY, settings), tmp_path / "run", quiet=True)
+    assert not torch.are_deterministic_algorithms_enabled()  # a process-wide switch, restored after the run
     assert summary["out_of_time"] is True and summary["steps"] == 1 and summary["train_seconds"] > 0
     events = [e for e in _events(tmp_path / "run") if e["event"] == "budget"]
     assert [e["step"] for e in events] == [1]

@@ -124,10 +124,24 @@ class EvalSpec(_Strict):
         return v
 
 
+class Ablation(_Strict):
+    base: str = Field(..., description="the generative variant it changes (p5, pod, peapod-neighbors, peapod-pool)")
+    set: list[str] = Field(..., min_length=1, description="`section.key=value` overrides, e.g. model.n_neighbors=20")
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        if v not in GENERATIVE:
+            raise ValueError(f"base must be one of {', '.join(GENERATIVE)}")
+        return v
+
+
 class GridSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     config: str
     datasets: dict[str, str]
+    # Extra generative variants for ablations (k, L, heads, composer ...), usable in `variants`.
+    ablations: dict[str, Ablation] = {}
     variants: list[str] = list(VARIANTS)
     protocols: list[str] = list(PROTOCOLS)
     seeds: dict[str, list[int]] = {"legacy": [0], "rigorous": [0, 1, 2]}
@@ -137,12 +151,21 @@ class GridSpec(_Strict):
     sasrec: dict = {}
     description: str = ""
 
+    @field_validator("ablations")
+    @classmethod
+    def _ablations(cls, v: dict[str, Ablation]) -> dict[str, Ablation]:
+        clash = [name for name in v if name in VARIANTS or not name.replace("-", "").replace("_", "").isalnum()]
+        if clash:
+            raise ValueError(f"ablation name(s) {', '.join(clash)} clash with a built-in variant or are not [A-Za-z0-9_-]")
+        return v
+
     @field_validator("variants")
     @classmethod
-    def _variants(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if x not in VARIANTS]
+    def _variants(cls, v: list[str], info) -> list[str]:
+        known = (*VARIANTS, *info.data.get("ablations", {}))
+        bad = [x for x in v if x not in known]
         if bad:
-            raise ValueError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+            raise ValueError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(known)}")
         return v
 
     @field_validator("protocols")
@@ -189,7 +212,7 @@ class Cell:
 
     @property
     def generative(self) -> bool:
-        return self.variant in GENERATIVE
+        return self.variant not in BASELINES
 
 
 def _pick(name: str, chosen: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -265,8 +288,9 @@ def _generative_overrides(spec: GridSpec, cell: Cell, tasks: list[str]) -> list[
         f"train.seed={cell.seed}",
         f"eval.protocol={cell.protocol}",
         "train.tasks=[" + ",".join(tasks) + "]",
-        *GENERATIVE[cell.variant],
     ]
+    ablation = spec.ablations.get(cell.variant)
+    out += GENERATIVE[ablation.base] + ablation.set if ablation else GENERATIVE[cell.variant]
     if spec.budget.max_steps is not None:
         out.append(f"train.max_steps={spec.budget.max_steps}")
     if spec.budget.max_minutes is not None:
@@ -450,7 +474,8 @@ def _rows_for(results: list[dict], dataset: str, protocol: str) -> dict[str, lis
         c = r["cell"]
         if c["dataset"] == dataset and c["protocol"] in (protocol, "any"):
             rows.setdefault(c["variant"], []).append(r)
-    return {v: rows[v] for v in VARIANTS if v in rows}
+    order = [v for v in VARIANTS if v in rows] + [v for v in rows if v not in VARIANTS]  # ablations last
+    return {v: rows[v] for v in order}
 
 
 def _invalid(rs: list[dict]) -> str:
@@ -508,7 +533,7 @@ def _ratio_lines(dataset: str, means: dict[str, dict[str, float | None]]) -> lis
              "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
              "| POD (logged) | " + " | ".join(_fmt(c, anchor[c]) for c in cols) + " |"]
     for variant, m in means.items():
-        if variant in GENERATIVE:
+        if variant not in BASELINES:
             lines.append(f"| {variant} / POD | " + " | ".join(
                 f"{m[c] / anchor[c]:.2f}×" if m.get(c) is not None else "–" for c in cols) + " |")
     return lines
@@ -540,8 +565,9 @@ def _targets(dataset: str, legacy: dict, rigorous: dict) -> list[str]:
                 if not m or not r:
                     continue
                 keys = [k for k in m if m.get(k) is not None and r.get(k) is not None]
-                wins = sum(m[k] > r[k] for k in keys)
-                out.append(f"- {proto}, {variant} beats {rival} in the same harness: {wins} of {len(keys)} columns")
+                wins, ties = sum(m[k] > r[k] for k in keys), sum(m[k] == r[k] for k in keys)
+                out.append(f"- {proto}, {variant} beats {rival} in the same harness: higher in {wins} of {len(keys)} columns"
+                           + (f", equal in {ties}" if ties else ""))
     return out
 
 
@@ -566,7 +592,7 @@ def grid_markdown(results: list[dict], spec: GridSpec | None = None, spec_path: 
         means = {}
         for protocol in PROTOCOLS:
             rows = _rows_for(results, dataset, protocol)
-            if not any(v in GENERATIVE for v in rows) and not (protocol == "rigorous" and rows):
+            if not any(v not in BASELINES for v in rows) and not (protocol == "rigorous" and rows):
                 means[protocol] = {}
                 continue
             label = ("legacy: p5-sequential indexing, beam search (20 beams), 1+99 sampled top-n, legacy BLEU/ROUGE"

@@ -144,7 +144,14 @@ def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train per `cfg` into `out_dir`; resume from `out_dir/checkpoint` when `resume`. Returns the summary."""
-    out_dir = Path(out_dir)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(cfg, Path(out_dir), resume, quiet)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)  # process-wide: leave it as found
+
+
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     rank, world, device = _dist_setup(cfg.train.device)
     main = rank == 0
     # Every RNG a checkpoint saves starts from the seed, so a fresh run is as reproducible as a resumed one.

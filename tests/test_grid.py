@@ -1,0 +1,236 @@
+"""The benchmark grid: spec validation, cell planning, a tiny end-to-end grid on the demo data
+(the smoke test of the real grid), resuming, and the Markdown aggregation with POD anchors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peapod.grid import (
+    POD_ANCHORS,
+    Cell,
+    GridError,
+    grid_markdown,
+    load_grid_spec,
+    load_results,
+    plan_cells,
+    run_grid,
+    update_markdown_section,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
+    spec = {
+        "name": "t",
+        "config": str(ROOT / "configs" / "tiny.yaml"),
+        "datasets": {"demo": "demo"},
+        "variants": ["pod", "popularity"],
+        "protocols": ["legacy", "rigorous"],
+        "seeds": {"legacy": [0], "rigorous": [0, 1]},
+        "budget": {"max_steps": 2},
+        "eval": {"max_users": 5},
+        "set": ["train.val_max_users=10"],
+        "sasrec": {"dim": 16, "max_len": 10, "epochs": 1},
+    }
+    spec.update(changes)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ---- spec and plan ----------------------------------------------------------------------------
+def test_shipped_grid_specs_are_valid():
+    for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
+        spec = load_grid_spec(path)
+        assert (ROOT / spec.config).is_file(), path
+        assert plan_cells(spec)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"variants": ["pod", "t5"]}, "unknown variant"),
+        ({"protocols": ["fast"]}, "unknown protocol"),
+        ({"budget": {"max_steps": 0}}, "budget.max_steps"),
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"sasrec": {"depth": 3}}, "sasrec: unknown key"),
+        ({"eval": {"split": "train"}}, "split"),
+    ],
+)
+def test_bad_specs_are_rejected_with_the_reason(tmp_path, changes, message):
+    with pytest.raises(GridError, match=message):
+        load_grid_spec(write_spec(tmp_path, **changes))
+
+
+def test_a_missing_spec_or_unreadable_yaml_is_a_grid_error(tmp_path):
+    with pytest.raises(GridError, match="not found"):
+        load_grid_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(GridError, match="invalid YAML"):
+        load_grid_spec(bad)
+
+
+def test_plan_runs_popularity_once_sasrec_per_seed_and_generative_per_protocol(tmp_path):
+    spec = load_grid_spec(write_spec(tmp_path, variants=["pod", "popularity", "sasrec"]))
+    cells = plan_cells(spec)
+    assert cells == [
+        Cell("demo", "pod", "legacy", 0), Cell("demo", "pod", "rigorous", 0), Cell("demo", "pod", "rigorous", 1),
+        Cell("demo", "popularity", "any", 0), Cell("demo", "sasrec", "any", 0), Cell("demo", "sasrec", "any", 1),
+    ]
+    assert plan_cells(spec, protocols=["legacy"], variants=["pod", "sasrec"]) == [
+        Cell("demo", "pod", "legacy", 0), Cell("demo", "sasrec", "any", 0)]
+    assert plan_cells(spec, seeds=[1]) == [Cell("demo", "pod", "rigorous", 1), Cell("demo", "popularity", "any", 0),
+                                           Cell("demo", "sasrec", "any", 1)]
+    with pytest.raises(GridError, match="beauty"):
+        plan_cells(spec, datasets=["beauty"])
+    with pytest.raises(GridError, match="p5"):
+        plan_cells(spec, variants=["p5"])
+
+
+# ---- one tiny grid on the demo data --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    spec_path = write_spec(tmp, seeds={"legacy": [0], "rigorous": [0]})
+    out = tmp / "results"
+    # Leftovers of a run killed before its first checkpoint must not stop the cell.
+    stale = out / "runs" / "demo__pod__rigorous__seed0"
+    stale.mkdir(parents=True)
+    (stale / "log.jsonl").write_text('{"event": "train"')
+    seen = []
+    results = run_grid(spec_path, out, on_cell=lambda cell, result, computed: seen.append((cell, computed)))
+    return spec_path, out, results, seen
+
+
+def test_tiny_grid_writes_one_json_per_cell_with_its_protocol(tiny_grid):
+    spec_path, out, results, seen = tiny_grid
+    assert [(c.variant, c.protocol, computed) for c, computed in seen] == [
+        ("pod", "legacy", True), ("pod", "rigorous", True), ("popularity", "any", True)]
+    files = sorted(p.name for p in (out / "cells").glob("*.json"))
+    assert files == ["demo__pod__legacy__seed0.json", "demo__pod__rigorous__seed0.json", "demo__popularity__any__seed0.json"]
+    legacy, rigorous, pop = (json.loads((out / "cells" / f).read_text()) for f in files)
+    assert legacy["evaluation"]["indexing"] == "p5-sequential" and rigorous["evaluation"]["indexing"] == "random"
+    assert legacy["tasks"]["sequential"]["decoding"] == "beam" and rigorous["tasks"]["sequential"]["decoding"] == "full"
+    assert legacy["tasks"]["topn"]["decoding"] == "beam" and rigorous["tasks"]["topn"]["decoding"] == "score"
+    assert set(legacy["tasks"]) == {"sequential", "topn", "explanation"}  # the demo has explanations
+    for r in (legacy, rigorous, pop):
+        assert r["format"] == "peapod-grid-cell/1" and r["machine"]["cpu_count"] >= 1
+        for task in ("sequential", "topn"):
+            sec = r["tasks"][task]
+            assert sec["users"] == 5 and 0.0 <= sec["invalid_output_rate"] <= 1.0
+            assert all(0.0 <= v <= 1.0 for v in sec["metrics"].values())
+    assert legacy["training"]["steps"] == 2 and legacy["config"]["train"]["max_steps"] == 2
+    assert legacy["config"]["model"]["variant"] == "pod" and legacy["config"]["train"]["seed"] == 0
+    assert legacy["command"].startswith("peapod bench grid ") and "--variants pod" in legacy["command"]
+    assert "--protocols legacy" in legacy["command"] and "--seeds 0" in legacy["command"]
+    assert pop["tasks"]["topn"]["candidates"] == "1 + 99 fixed negatives"
+
+
+def test_finished_cells_are_never_recomputed(tiny_grid):
+    spec_path, out, results, _ = tiny_grid
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    seen = []
+    again = run_grid(spec_path, out, on_cell=lambda cell, result, computed: seen.append(computed))
+    assert seen == [False, False, False]
+    assert again == results
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
+
+
+def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):
+    spec_path, out, _, _ = tiny_grid
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    dry = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "grid", str(spec_path), "--out", str(out), "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split()[0] for line in dry.stdout.splitlines()] == ["done", "done", "done"]
+    bench_md = tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("# Benchmarks\n\nhand-written text\n")
+    rep = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "report", str(spec_path), "--out", str(out), "--markdown", str(bench_md)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    text = bench_md.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written text\n")
+    assert text.count("<!-- grid:t:begin -->") == 1 and "| pod |" in text and "| popularity |" in text
+    bad = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "grid", str(spec_path), "--variants", "sasrec,bert4rec"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "bert4rec" in bad.stderr
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+def fake_result(dataset, variant, protocol, seed, seq, topn, indexing="p5-sequential"):
+    return {
+        "cell": {"dataset": dataset, "variant": variant, "protocol": protocol, "seed": seed},
+        "command": f"peapod bench grid g.yaml --datasets {dataset} --variants {variant}",
+        "machine": {"cpu": "cpu", "cpu_count": 2, "gpu": None}, "started": "2026-12-03T00:00:00+00:00",
+        "peapod_version": "0", "training": {"steps": 10, "train_seconds": 60},
+        "tasks": {
+            "sequential": {"users": 100, "invalid_output_rate": 0.1, "metrics": {"HR@5": seq, "NDCG@5": seq / 2, "HR@10": seq, "NDCG@10": seq / 2, "NDCG@20": seq / 2}},
+            "topn": {"users": 100, "invalid_output_rate": 0.0, "metrics": {"HR@5": topn, "NDCG@5": topn / 2, "NDCG@10": topn / 2}},
+        },
+    }
+
+
+def test_markdown_has_pod_anchor_ratios_mean_std_and_target_checks():
+    anchor = POD_ANCHORS["toys"]
+    results = [
+        fake_result("toys", "pod", "legacy", 0, anchor["seq HR@5"] * 0.5, anchor["top-n HR@5"] * 0.5),
+        fake_result("toys", "peapod-neighbors", "legacy", 0, anchor["seq HR@5"] * 1.2, anchor["top-n HR@5"] * 2.0),
+        fake_result("toys", "peapod-neighbors", "rigorous", 0, 0.02, 0.3),
+        fake_result("toys", "peapod-neighbors", "rigorous", 1, 0.04, 0.3),
+        fake_result("toys", "sasrec", "any", 0, 0.05, 0.4),
+    ]
+    md = grid_markdown(results)
+    assert "| POD (logged) | 6.91 | 5.99 | 14.33 | 10.09 |" in md
+    assert "| peapod-neighbors / POD | 1.20× |" in md and "| pod / POD | 0.50× |" in md
+    assert "| peapod-neighbors | 3.00 ± 1.41 | 1.50 ± 0.71 |" in md  # rigorous seq HR@10, NDCG@10 over 2 seeds
+    assert "seq NDCG@10 ≥ SASRec's: not met (1.50 vs 2.50)" in md
+    # seq NDCG@5 is 0.5 * 1.2 * HR@5 = 0.0415 vs POD's 0.0599: not 1.10x on every metric.
+    assert "≥ 1.10 × POD's logged seq/top-n HR@5, NDCG@5: not met" in md
+    assert "legacy, peapod-neighbors beats pod in the same harness: higher in 6 of 6 columns" in md
+
+
+def test_update_markdown_section_replaces_only_its_own_block(tmp_path):
+    path = tmp_path / "B.md"
+    update_markdown_section(path, "a", "first")
+    update_markdown_section(path, "b", "other grid")
+    update_markdown_section(path, "a", "second")
+    text = path.read_text()
+    assert "first" not in text and text.count("second") == 1 and "other grid" in text
+    assert text.index("grid:a:begin") < text.index("grid:b:begin")  # kept in place
+
+
+def test_load_results_on_an_empty_folder(tmp_path):
+    assert load_results(tmp_path) == []
+    assert "No cell" in grid_markdown([])
+
+
+def test_ablations_are_extra_generative_variants_with_their_overrides(tmp_path):
+    from peapod.grid import _generative_overrides
+
+    spec = load_grid_spec(write_spec(tmp_path, ablations={"peapod-k3": {"base": "peapod-neighbors", "set": ["model.n_neighbors=3"]}},
+                                     variants=["pod", "peapod-k3"], set=["train.lr=0.01"]))
+    cells = plan_cells(spec, protocols=["legacy"])
+    assert cells == [Cell("demo", "pod", "legacy", 0), Cell("demo", "peapod-k3", "legacy", 0)]
+    assert cells[1].generative
+    over = _generative_overrides(spec, cells[1], ["sequential"])
+    i = over.index("model.variant=peapod")
+    assert over[i : i + 3] == ["model.variant=peapod", "model.composer=neighbors", "model.n_neighbors=3"]
+    assert over[-1] == "train.lr=0.01" and "train.max_steps=2" in over  # the spec's own overrides apply last
+    rows = [fake_result("demo", "peapod-k3", "legacy", 0, 0.1, 0.2), fake_result("demo", "pod", "legacy", 0, 0.1, 0.2)]
+    md = grid_markdown(rows)
+    assert md.index("| pod |") < md.index("| peapod-k3 |")  # built-in variants first, ablations after
+    with pytest.raises(GridError, match="base must be one of"):
+        load_grid_spec(write_spec(tmp_path, ablations={"x": {"base": "sasrec", "set": ["model.n_heads=1"]}}))
+    with pytest.raises(GridError, match="clash"):
+        load_grid_spec(write_spec(tmp_path, ablations={"pod": {"base": "pod", "set": ["model.n_heads=1"]}}))
+    with pytest.raises(GridError, match="unknown variant"):
+        load_grid_spec(write_spec(tmp_path, variants=["peapod-k9"]))
