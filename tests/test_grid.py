@@ -220,6 +220,10 @@ def test_ablations_are_extra_generative_variants_with_their_overrides(tmp_path):
                                      variants=["pod", "peapod-k3"], set=["train.lr=0.01"]))
     cells = plan_cells(spec, protocols=["legacy"])
     assert cells == [Cell("demo", "pod", "legacy", 0), Cell("demo", "peapod-k3", "legacy", 0)]
+    # An ablation left out of `variants` runs only when named.
+    spec2 = load_grid_spec(write_spec(tmp_path, ablations={"peapod-k3": {"base": "peapod-neighbors", "set": ["model.n_neighbors=3"]}}))
+    assert all(c.variant != "peapod-k3" for c in plan_cells(spec2))
+    assert plan_cells(spec2, variants=["peapod-k3"], protocols=["legacy"]) == [Cell("demo", "peapod-k3", "legacy", 0)]
     assert cells[1].generative
     over = _generative_overrides(spec, cells[1], ["sequential"])
     i = over.index("model.variant=peapod")

@@ -215,9 +215,9 @@ class Cell:
         return self.variant not in BASELINES
 
 
-def _pick(name: str, chosen: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+def _pick(name: str, chosen: Sequence[str] | None, available: Sequence[str], default: Sequence[str] | None = None) -> list[str]:
     if not chosen:
-        return list(available)
+        return list(available if default is None else default)
     bad = [c for c in chosen if c not in available]
     if bad:
         raise GridError(f"{name} {', '.join(bad)} not in this grid (it has {', '.join(available)})")
@@ -233,7 +233,8 @@ def plan_cells(
 ) -> list[Cell]:
     """The cells of a (sub)grid, datasets in spec order, then variants, protocols and seeds."""
     ds_list = _pick("dataset(s)", datasets, list(spec.datasets))
-    var_list = _pick("variant(s)", variants, spec.variants)
+    # Ablations outside `variants` run only when named.
+    var_list = _pick("variant(s)", variants, [*spec.variants, *(a for a in spec.ablations if a not in spec.variants)], spec.variants)
     prot_list = _pick("protocol(s)", protocols, spec.protocols)
     cells: list[Cell] = []
     for d in ds_list:
