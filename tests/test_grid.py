@@ -145,6 +145,14 @@ def test_finished_cells_are_never_recomputed(tiny_grid):
     assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
 
 
+def test_a_cell_recomputed_in_a_fresh_folder_reproduces_its_row(tiny_grid, tmp_path):
+    spec_path, out, results, _ = tiny_grid
+    again = run_grid(spec_path, tmp_path / "again", variants=["pod"], protocols=["legacy"])
+    first = next(r for r in results if r["cell"]["variant"] == "pod" and r["cell"]["protocol"] == "legacy")
+    assert again[0]["training"]["weights_sha256"] == first["training"]["weights_sha256"]
+    assert {t: s["metrics"] for t, s in again[0]["tasks"].items()} == {t: s["metrics"] for t, s in first["tasks"].items()}
+
+
 def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):
     spec_path, out, _, _ = tiny_grid
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -331,7 +331,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
     return {
         "config": cfg.model_dump(),
         "overrides": overrides,
-        "training": {k: summary.get(k) for k in ("steps", "epochs", "best_epoch", "best_val", "stopped_early", "out_of_time", "train_seconds", "wall_seconds", "batches_per_epoch")},
+        "training": {k: summary.get(k) for k in ("steps", "epochs", "best_epoch", "best_val", "stopped_early", "out_of_time", "train_seconds", "wall_seconds", "batches_per_epoch", "weights_sha256")},
         "evaluation": {
             "protocol": metrics["protocol"], "indexing": metrics["indexing"], "split": metrics["split"],
             "seeds": metrics["seeds"], "max_users": metrics["max_users"], "legacy_random_fill": metrics["legacy_random_fill"],
@@ -588,6 +588,8 @@ def grid_markdown(results: list[dict], spec: GridSpec | None = None, spec_path: 
               "Ranking metrics in %, BLEU/ROUGE as computed (percent), FHR in %. Multi-seed rows: mean ± sample std. "
               "Baselines score items exactly (no decoding), so one run serves both protocols.", ""]
     datasets = list(dict.fromkeys(r["cell"]["dataset"] for r in results))
+    if spec is not None:  # the spec's order (Toys first), not the files' alphabetical one
+        datasets.sort(key=lambda d: list(spec.datasets).index(d) if d in spec.datasets else len(spec.datasets))
     for dataset in datasets:
         lines.append(f"#### {dataset}")
         means = {}
