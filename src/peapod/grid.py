@@ -489,15 +489,17 @@ def _invalid(rs: list[dict]) -> str:
 
 
 def _budget(rs: list[dict]) -> str:
+    """Training budget and wall-clock: steps (or epochs), training minutes, whole-cell minutes (mean over seeds)."""
     tr = [r.get("training", {}) for r in rs]
+    cell_min = statistics.fmean(r.get("wall_seconds") or 0 for r in rs) / 60
     if rs[0]["cell"]["variant"] in BASELINES:
         secs = [t.get("train_seconds") or 0 for t in tr]
         epochs = [t.get("epochs_run") for t in tr if t.get("epochs_run")]
-        return (f"{statistics.fmean(epochs):.0f} ep, " if epochs else "") + f"{statistics.fmean(secs) / 60:.1f} min"
+        return (f"{statistics.fmean(epochs):.0f} ep, " if epochs else "") + f"{statistics.fmean(secs) / 60:.1f} min; cell {cell_min:.1f} min"
     steps = [t.get("steps") or 0 for t in tr]
     secs = [t.get("train_seconds") or t.get("wall_seconds") or 0 for t in tr]
     cut = " (time cap hit)" if any(t.get("out_of_time") for t in tr) else ""
-    return f"{statistics.fmean(steps):.0f} steps, {statistics.fmean(secs) / 60:.1f} min{cut}"
+    return f"{statistics.fmean(steps):.0f} steps, {statistics.fmean(secs) / 60:.1f} min{cut}; cell {cell_min:.1f} min"
 
 
 def _table(results: list[dict], dataset: str, protocol: str) -> tuple[list[str], dict[str, dict[str, float | None]]]:
@@ -506,7 +508,7 @@ def _table(results: list[dict], dataset: str, protocol: str) -> tuple[list[str],
     has_exp = any("explanation" in r.get("tasks", {}) for rs in rows.values() for r in rs)
     cols = [c for c in columns if has_exp or not c.startswith("exp ")]
     lines = [
-        "| variant | " + " | ".join(cols) + " | invalid outputs | users | training budget | seeds | command |",
+        "| variant | " + " | ".join(cols) + " | invalid outputs | users | training budget; wall-clock | seeds | command |",
         "|---|" + "---|" * len(cols) + "---|---|---|---|---|",
     ]
     means: dict[str, dict[str, float | None]] = {}
