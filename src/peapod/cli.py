@@ -248,7 +248,7 @@ def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
         fail(str(e))
     except ValueError:
         fail(f"--seeds takes comma-separated integers; got {seeds!r}")
-    return spec, cells
+    return spec, cells, seed_list
 
 
 @bench_app.command("grid")
@@ -269,7 +269,7 @@ def bench_grid(
 
     from peapod.grid import GridError, grid_markdown, load_results, run_grid, update_markdown_section
 
-    spec, cells = _grid_selection(spec_path, datasets, variants, protocols, seeds)
+    spec, cells, seed_list = _grid_selection(spec_path, datasets, variants, protocols, seeds)
     out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
     if dry_run:
         for c in cells:
@@ -288,7 +288,7 @@ def bench_grid(
 
     try:
         run_grid(spec_path, out_dir, _split_list(datasets), _split_list(variants), _split_list(protocols),
-                 [int(x) for x in _split_list(seeds)] if seeds else None, force=force, progress=not quiet, on_cell=on_cell)
+                 seed_list, force=force, progress=not quiet, on_cell=on_cell)
     except GridError as e:
         fail(str(e))
     finally:
@@ -305,7 +305,7 @@ def bench_report(
     """Aggregate a grid's finished cells into Markdown tables (POD anchors, ratios, targets)."""
     from peapod.grid import grid_markdown, load_results, update_markdown_section
 
-    spec, _ = _grid_selection(spec_path, None, None, None, None)
+    spec, _, _ = _grid_selection(spec_path, None, None, None, None)
     out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
     text = grid_markdown(load_results(out_dir), spec, spec_path)
     if markdown:

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import peapod
+from peapod.evaluate.metrics import percent_scale
 from peapod.io import write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -178,18 +178,13 @@ class GridSpec(_Strict):
 
 
 def load_grid_spec(path: str | Path) -> GridSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise GridError(f"grid spec not found: {path}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise GridError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    from peapod.train.config import read_yaml_mapping, validation_problems
+
+    raw = read_yaml_mapping(path, GridError, "grid spec")
     try:
         spec = GridSpec.model_validate(raw)
     except ValidationError as e:
-        parts = [f"{'.'.join(map(str, err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}" for err in e.errors()]
-        raise GridError(f"invalid grid spec {path}: " + "; ".join(parts)) from None
+        raise GridError(f"invalid grid spec {path}: {validation_problems(e)}") from None
     from peapod.baselines import SASRecConfig
 
     unknown = set(spec.sasrec) - set(SASRecConfig.__dataclass_fields__)
@@ -452,14 +447,12 @@ def _value(result: dict, task: str, metric: str) -> float | None:
     return result.get("tasks", {}).get(task, {}).get("metrics", {}).get(metric)
 
 
-def _fmt(label: str, v: float | None, std: float | None = None) -> str:
+def _fmt(column: tuple[str, str], v: float | None, std: float | None = None) -> str:
+    """A value of a (task, metric) column, in percent (see `percent_scale`), with its std if any."""
     if v is None:
         return "–"
-    pct = not label.startswith("exp ") or label.endswith("FHR")
-    s = f"{v * 100:.2f}" if pct else f"{v:.2f}"
-    if std is not None:
-        s += f" ± {std * 100:.2f}" if pct else f" ± {std:.2f}"
-    return s
+    scale = percent_scale(*column)
+    return f"{v * scale:.2f}" + (f" ± {std * scale:.2f}" if std is not None else "")
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -518,7 +511,7 @@ def _table(results: list[dict], dataset: str, protocol: str) -> tuple[list[str],
             task, metric = columns[col]
             m, s = _mean_std([_value(r, task, metric) for r in rs])
             means[variant][col] = m
-            cells.append(_fmt(col, m, s))
+            cells.append(_fmt(columns[col], m, s))
         users = rs[0]["tasks"].get("sequential", {}).get("users", "–")
         seeds = ",".join(str(r["cell"]["seed"]) for r in rs)
         cmds = sorted({r["command"] for r in rs})
@@ -534,7 +527,7 @@ def _ratio_lines(dataset: str, means: dict[str, dict[str, float | None]]) -> lis
     cols = [c for c in anchor if any(m.get(c) is not None for m in means.values())]
     lines = ["", f"POD's logged figures (official run logs, test split, legacy protocol) and ours / POD:", "",
              "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
-             "| POD (logged) | " + " | ".join(_fmt(c, anchor[c]) for c in cols) + " |"]
+             "| POD (logged) | " + " | ".join(_fmt(LEGACY_COLUMNS[c], anchor[c]) for c in cols) + " |"]
     for variant, m in means.items():
         if variant not in BASELINES:
             lines.append(f"| {variant} / POD | " + " | ".join(

@@ -16,6 +16,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
+from peapod.evaluate.metrics import percent_scale
+
 __all__ = ["compare_table", "plot_metrics", "plot_training", "read_log", "write_report"]
 
 TASK_ORDER = ("sequential", "topn", "explanation")
@@ -52,10 +54,6 @@ def _task_key(task: str) -> int:
     return TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER)
 
 
-def _scale(task: str, metric: str) -> float:
-    """Ranking metrics and FHR are fractions, shown in %; BLEU/ROUGE already are percentages."""
-    return 100.0 if task != "explanation" or metric == "FHR" else 1.0
-
 
 def _metric_rows(results: dict[str, dict]) -> list[tuple[str, str, dict[str, float]]]:
     """(task, metric, {label: value as displayed}) for the union of tasks and metrics, in order."""
@@ -76,7 +74,7 @@ def _metric_rows(results: dict[str, dict]) -> list[tuple[str, str, dict[str, flo
             for label, r in results.items():
                 v = r.get("tasks", {}).get(task, {}).get("metrics", {}).get(m)
                 if v is not None:
-                    values[label] = float(v) * _scale(task, m)
+                    values[label] = float(v) * percent_scale(task, m)
             rows.append((task, m, values))
     return rows
 
@@ -96,7 +94,7 @@ def compare_table(results: dict[str, dict], markdown: bool = False) -> str:
             n = next((u for u in users if u is not None), None)
             body.append([f"{task} ({who}: {n})", "decoding", *decodings])
             last_task = task
-        unit = "%" if _scale(task, metric) == 100.0 else ""
+        unit = "%" if percent_scale(task, metric) == 100.0 else ""
         body.append(["", metric, *[f"{values[lbl]:.2f}{unit}" if lbl in values else "-" for lbl in labels]])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(labels)) + "|"]

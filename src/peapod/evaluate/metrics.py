@@ -32,6 +32,7 @@ __all__ = [
     "hit_rate_at",
     "metrics_from_ranked_lists",
     "ndcg_at",
+    "percent_scale",
     "rank_of_target",
     "ranking_metrics",
     "ranks_from_ranked_lists",
@@ -198,3 +199,9 @@ def metrics_from_ranked_lists(
     """
     ranks = ranks_from_ranked_lists(ranked, targets)
     return ranking_metrics(ranks, ks=ks, ndcg_ks=ndcg_ks)
+
+
+def percent_scale(task: str, metric: str) -> float:
+    """Factor that shows a metric in percent: ranking metrics and the feature hit rate are
+    fractions (x100); BLEU and ROUGE are computed in percent already (x1)."""
+    return 100.0 if task != "explanation" or metric == "FHR" else 1.0

@@ -66,7 +66,7 @@ from peapod.data.dataset import Dataset, Explanation
 from peapod.data.loaders import load_dataset
 from peapod.data.negatives import ensure_negatives, read_negatives
 from peapod.evaluate.inference import EXPLANATION_DECODINGS, Predictor, Request, normalize_task, resolve_model_dir
-from peapod.evaluate.metrics import metrics_from_ranked_lists, rank_of_target, ranking_metrics
+from peapod.evaluate.metrics import metrics_from_ranked_lists, percent_scale, rank_of_target, ranking_metrics
 from peapod.evaluate.text_metrics import feature_hit_rate, legacy_text_metrics, rouge_score_f, sacrebleu_score
 from peapod.io import write_json_atomic
 from peapod.model.peapod import load_bundle
@@ -595,7 +595,7 @@ def evaluate_run(
 # ---- presentation -----------------------------------------------------------------------------
 def _fmt(name: str, v: float, std: float | None, task: str) -> str:
     """Ranking metrics and FHR (fractions) as percentages; BLEU/ROUGE are already percentages."""
-    scale = 100.0 if task != "explanation" or name == "FHR" else 1.0
+    scale = percent_scale(task, name)
     s = f"{v * scale:.2f}"
     if std is not None:
         s += f" ± {std * scale:.2f}"

@@ -123,13 +123,29 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     return path, value
 
 
-def _format_validation_error(e: ValidationError, source: str) -> str:
+def validation_problems(e: ValidationError) -> str:
+    """A pydantic error on one line: `where: what` for each problem, unknown keys named as such."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{loc}: {msg}")
-    return f"invalid config {source}: " + "; ".join(lines)
+    return "; ".join(lines)
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
+    """The top-level mapping of a YAML file; `error` (with a one-line message) when the file is
+    missing, is not YAML, or is not a mapping. `what` names the file in messages ("config file")."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: the top level must be a mapping of sections")
+    return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
@@ -138,15 +154,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     source = "(defaults)"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, ConfigError, "config file")
     for item in overrides:
         keys, value = _parse_override(item)
         node = raw
@@ -158,4 +166,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(f"invalid config {source}: {validation_problems(e)}") from None
