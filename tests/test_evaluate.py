@@ -342,3 +342,44 @@ def test_cli_evaluate(run_dir, tmp_path):
         assert "error:" in res.output
     res = runner.invoke(app, ["evaluate", str(tmp_path / "nothing")])
     assert res.exit_code == 2
+
+
+# ---- user-prompt ablation -------------------------------------------------------------------
+def test_user_prompt_ablation(run_dir):
+    from peapod.evaluate.prompt_ablation import (
+        format_ablation_table,
+        run_user_prompt_ablation,
+    )
+
+    result = run_user_prompt_ablation(run_dir, max_users=8, permutations=2, seed=5)
+    assert result["users"] == 8 and result["seeds"] == [5, 6] and result["decoding"] == {"sequential": "full", "topn": "score"}
+    # "own" is exactly the ordinary exact-decoding evaluation of the same users.
+    plain = evaluate_run(run_dir, tasks="seq,topn", protocol="rigorous", max_users=8, write=False, progress=False)
+    for task in ("sequential", "topn"):
+        assert result["own"][task] == pytest.approx(plain["tasks"][task]["metrics"])
+        p = result["paired"][task]
+        assert p["own"] == pytest.approx(result["own"][task]["NDCG@10"])
+        assert p["permuted"] == pytest.approx(result["permuted"][task]["NDCG@10"])
+        assert p["difference"] == pytest.approx(p["own"] - p["permuted"])
+        assert p["std_error"] >= 0
+    assert len(result["users_keeping_own_prompt"]) == 2
+    assert all(f <= 5 for f in result["users_keeping_own_prompt"])  # a random permutation fixes ~1 of 878 users
+    assert "difference" in format_ablation_table(result)
+    # Seeded: the same call gives the same numbers.
+    assert run_user_prompt_ablation(run_dir, max_users=8, permutations=2, seed=5)["paired"] == result["paired"]
+    with pytest.raises(ValueError, match="ranking task"):
+        run_user_prompt_ablation(run_dir, tasks=("explanation",), max_users=2)
+
+
+def test_cli_bench_user_prompts(run_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ablation.json"
+    res = runner.invoke(app, ["bench", "user-prompts", str(run_dir), "--max-users", "4", "--tasks", "topn", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "user-prompt-ablation" and list(written["paired"]) == ["topn"]
+    assert "permuted" in res.stdout
+    for bad in (["--tasks", "seq,explanation"], ["--permutations", "0"], ["--split", "train"]):
+        res = runner.invoke(app, ["bench", "user-prompts", str(run_dir), *bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert "error:" in res.output

@@ -358,6 +358,41 @@ def test_peapod_depends_on_cf(models, ds, indexes, composer):
     assert not torch.allclose(ref, _logits(model, b, users=users))
 
 
+@pytest.mark.parametrize("composer", ["neighbors", "pool"])
+def test_permuted_user_prompts_are_other_users_prompts(models, composer):
+    model, _ = models("peapod", composer)
+    model = copy.deepcopy(model)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        before = model.user_prompts(users)
+    perm = torch.randperm(N_USERS, generator=torch.Generator().manual_seed(3))
+    model.permute_user_prompts_(perm)
+    with torch.no_grad():
+        after = model.user_prompts(users)
+    # User u now gets exactly what perm[u] got before (same query, same neighbour vectors).
+    assert torch.allclose(after, before[perm], atol=1e-6)
+    assert not torch.allclose(after, before)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(N_USERS)
+    model.permute_user_prompts_(inverse)
+    with torch.no_grad():
+        assert torch.allclose(model.user_prompts(users), before, atol=1e-6)
+
+
+def test_permute_user_prompts_rejects_bad_input(models):
+    model, _ = models("peapod", "neighbors")
+    model = copy.deepcopy(model)
+    kept = model.cf_users.detach().clone()
+    with pytest.raises(ValueError, match="permutation"):
+        model.permute_user_prompts_(torch.zeros(N_USERS, dtype=torch.long))
+    with pytest.raises(ValueError, match="permutation"):
+        model.permute_user_prompts_(torch.arange(N_USERS - 1))
+    assert torch.equal(model.cf_users, kept)  # nothing changed by a refused call
+    pod, _ = models("pod")
+    with pytest.raises(ValueError, match="no user prompt"):
+        pod.permute_user_prompts_(torch.arange(N_USERS))
+
+
 # ---- save / load ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "variant,composer,indexing", [("peapod", "neighbors", "atomic"), ("p5", "neighbors", "p5-sequential")]

@@ -219,22 +219,60 @@ def bench_eval_speed(
     """Time top-n beam vs exact scoring and sequential beam vs exact full ranking on the same users."""
     if max_users < 1 or batch_size < 1 or repeats < 1 or (threads is not None and threads < 1):
         fail("--max-users, --batch-size, --repeats and --threads must be >= 1")
-    if split not in ("val", "test"):
-        fail(f"--split must be val or test; got {split!r}")
-    if not Path(run_dir).exists():
-        fail(f"no such run or model directory: {run_dir}")
+    _check_model_bench_args(run_dir, split)
     from peapod.evaluate.bench import format_speed_table, run_eval_speed
-    from peapod.io import write_json_atomic
 
     try:
         result = run_eval_speed(run_dir, max_users=max_users, batch_size=batch_size, split=split, threads=threads, data=data, repeats=repeats)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
+    _emit_bench_result(result, format_speed_table(result), out)
+
+
+def _check_model_bench_args(run_dir: str, split: str) -> None:
+    if split not in ("val", "test"):
+        fail(f"--split must be val or test; got {split!r}")
+    if not Path(run_dir).exists():
+        fail(f"no such run or model directory: {run_dir}")
+
+
+def _emit_bench_result(result: dict, table: str, out: str | None) -> None:
+    """The JSON result, then its table; also written to `out` when given."""
+    from peapod.io import write_json_atomic
+
     print_json(result)
     typer.echo("")
-    typer.echo(format_speed_table(result))
+    typer.echo(table)
     if out:
         write_json_atomic(out, result)
+
+
+@bench_app.command("user-prompts")
+def bench_user_prompts(
+    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory of a peapod variant."),
+    max_users: int = typer.Option(1000, "--max-users", help="First N users of the split (0: all)."),
+    permutations: int = typer.Option(1, "--permutations", help="Random user permutations to average."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first permutation."),
+    tasks: str = typer.Option("sequential,topn", "--tasks", help="Comma-separated ranking tasks: sequential, topn."),
+    split: str = typer.Option("test", "--split", help="val | test."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Requests per encoder pass."),
+    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
+) -> None:
+    """Does the model use its personalized prompt? Metrics with own vs permuted users' prompts."""
+    if max_users < 0 or permutations < 1 or batch_size < 1:
+        fail("--max-users must be >= 0, --permutations and --batch-size >= 1")
+    _check_model_bench_args(run_dir, split)
+    from peapod.evaluate.prompt_ablation import format_ablation_table, run_user_prompt_ablation
+
+    try:
+        result = run_user_prompt_ablation(
+            run_dir, tasks=tuple(_split_list(tasks) or ()), split=split, max_users=max_users or None,
+            permutations=permutations, seed=seed, batch_size=batch_size, data=data,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    _emit_bench_result(result, format_ablation_table(result), out)
 
 
 def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):

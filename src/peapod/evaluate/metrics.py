@@ -32,6 +32,7 @@ __all__ = [
     "hit_rate_at",
     "metrics_from_ranked_lists",
     "ndcg_at",
+    "ndcg_gains",
     "percent_scale",
     "rank_of_target",
     "ranking_metrics",
@@ -106,22 +107,25 @@ def hit_rate_at(ranks: RankLike, k: int) -> float:
     return float(hits.mean())
 
 
+def ndcg_gains(ranks: RankLike, k: int) -> np.ndarray:
+    """Per-user NDCG@k with one relevant item: ``1/log2(rank+2)`` if ``0 <= rank < k`` else 0
+    (float64 ``[B]``). The ideal DCG is 1, so no normalisation is needed."""
+    arr = _as_rank_array(ranks)
+    hit = (arr >= 0) & (arr < k)
+    # Clamp the misses to rank 0 before the log so no warning is raised; they
+    # are zeroed by ``hit`` anyway.
+    return np.where(hit, 1.0 / np.log2(np.where(hit, arr, 0) + 2.0), 0.0)
+
+
 def ndcg_at(ranks: RankLike, k: int) -> float:
-    """NDCG@k with one relevant item: mean over users of ``1/log2(rank+2)`` if
-    ``0 <= rank < k`` else 0. The ideal DCG is 1, so no normalisation is needed.
+    """NDCG@k with one relevant item: the mean over users of `ndcg_gains`.
 
     Args:
         ranks: ``[B]`` 0-based ranks of the target (tensor, array or list).
         k: cut-off, ``k >= 1``.
     """
-    arr = _as_rank_array(ranks)
-    if arr.size == 0:
-        return 0.0
-    hit = (arr >= 0) & (arr < k)
-    # Clamp the misses to rank 0 before the log so no warning is raised; they
-    # are zeroed by ``hit`` anyway.
-    gains = np.where(hit, 1.0 / np.log2(np.where(hit, arr, 0) + 2.0), 0.0)
-    return float(gains.mean())
+    gains = ndcg_gains(ranks, k)
+    return float(gains.mean()) if gains.size else 0.0
 
 
 def ranking_metrics(

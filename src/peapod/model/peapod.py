@@ -145,6 +145,27 @@ class PeaPOD(nn.Module):
             neighbors = self.neighbors_of(cf_query)
         return self.composer(cf_query, self.cf_users[neighbors])
 
+    @torch.no_grad()
+    def permute_user_prompts_(self, perm: torch.Tensor) -> None:
+        """Give every training user u the soft prompt of user `perm[u]`, in place.
+
+        A counterfactual ablation: the text input (history, candidates, user id) stays the user's
+        own, only the personalized prompt is someone else's. `perm` [n_users] is a permutation;
+        applying its inverse restores the model exactly.
+        """
+        if not self.config.has_user_prompt:
+            raise ValueError(f"variant {self.config.variant!r} has no user prompt to permute")
+        n = self.cf_users.shape[0]
+        perm = perm.to(device=self.cf_users.device, dtype=torch.long)
+        if perm.shape != (n,) or not torch.equal(torch.sort(perm).values, torch.arange(n, device=perm.device)):
+            raise ValueError(f"perm must be a permutation of the {n} training users")
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(n, device=perm.device)
+        # New row u holds user perm[u]'s vector; neighbour ids are renamed so they still point at
+        # the same vectors: cf'[inverse[x]] == cf[x].
+        self.cf_users.copy_(self.cf_users[perm])
+        self.neighbor_index.copy_(inverse[self.neighbor_index[perm]])
+
     def neighbors_of(self, cf_query: torch.Tensor) -> torch.Tensor:
         """[B, k] nearest training users of arbitrary CF vectors (cold-start users)."""
         return nearest_neighbors(cf_query, self.cf_users.detach(), self.config.n_neighbors).to(cf_query.device)
