@@ -133,6 +133,6 @@ def format_ablation_table(result: dict) -> str:
     for task, p in result["paired"].items():
         lines.append(
             f"{task:<11} {p['metric']} own {p['own'] * 100:.2f}%  permuted {p['permuted'] * 100:.2f}%  "
-            f"difference {p['difference'] * 100:+.2f} ± {p['std_error'] * 100:.2f} (paired s.e.)"
+            f"difference {p['difference'] * 100:+.3f} ± {p['std_error'] * 100:.3f} points (paired s.e.)"
         )
     return "\n".join(lines)
