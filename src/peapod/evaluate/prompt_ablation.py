@@ -112,12 +112,14 @@ def run_user_prompt_ablation(
         per_perm = [ranking_metrics(r, ks=ks, ndcg_ks=nks) for r in permuted[t]]
         result["permuted"][t] = {k: float(np.mean([m[k] for m in per_perm])) for k in per_perm[0]}
         # Paired per user: own minus the user's mean over permutations.
-        diff = ndcg_gains(own[t], PAIRED_K) - np.mean([ndcg_gains(r, PAIRED_K) for r in permuted[t]], axis=0)
+        own_gains = ndcg_gains(own[t], PAIRED_K)
+        permuted_gains = np.mean([ndcg_gains(r, PAIRED_K) for r in permuted[t]], axis=0)
+        diff = own_gains - permuted_gains
         n = len(diff)
         result["paired"][t] = {
             "metric": PAIRED_METRIC,
-            "own": float(ndcg_gains(own[t], PAIRED_K).mean()),
-            "permuted": float(np.mean([ndcg_gains(r, PAIRED_K).mean() for r in permuted[t]])),
+            "own": float(own_gains.mean()),
+            "permuted": float(permuted_gains.mean()),
             "difference": float(diff.mean()),
             "std_error": float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
         }
