@@ -17,20 +17,18 @@ import numpy as np
 import torch
 
 import peapod
-from peapod.evaluate.metrics import ndcg_gains, ranking_metrics, ranks_from_ranked_lists
-from peapod.evaluate.runner import (
-    SEQ_KS,
-    SEQ_NDCG_KS,
-    TOPN_KS,
-    TOPN_NDCG_KS,
-    evaluate_task,
-    load_setup,
-)
+from peapod.evaluate.metrics import ndcg_gains, ranks_from_ranked_lists
+from peapod.evaluate.runner import TaskOutput, evaluate_task, load_setup, ranking_task_metrics
 
 __all__ = ["format_ablation_table", "run_user_prompt_ablation"]
 
 EXACT_DECODING = {"sequential": "full", "topn": "score"}
 PAIRED_METRIC, PAIRED_K = "NDCG@10", 10
+
+
+def _target_ranks(out: TaskOutput) -> np.ndarray:
+    """0-based target rank per user (MISS outside a full ranking's top-20 list)."""
+    return np.asarray(out.ranks) if out.ranks is not None else ranks_from_ranked_lists(out.lists, out.targets)
 
 
 def run_user_prompt_ablation(
@@ -70,13 +68,11 @@ def run_user_prompt_ablation(
     n_users = setup.dataset.n_users
     original = (model.cf_users.detach().clone(), model.neighbor_index.clone())
 
-    def ranks(task: str) -> np.ndarray:
-        """0-based target ranks (MISS outside a full ranking's top-20 list)."""
-        out = evaluate_task(setup, task, EXACT_DECODING[task], split, max_users, batch_size, progress=progress)
-        return np.asarray(out.ranks) if out.ranks is not None else ranks_from_ranked_lists(out.lists, out.targets)
+    def run(task: str) -> TaskOutput:
+        return evaluate_task(setup, task, EXACT_DECODING[task], split, max_users, batch_size, progress=progress)
 
-    own = {t: ranks(t) for t in tasks}
-    permuted: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    own = {t: run(t) for t in tasks}
+    permuted: dict[str, list[TaskOutput]] = {t: [] for t in tasks}
     fixed_points = []
     for i in range(permutations):
         perm = torch.randperm(n_users, generator=torch.Generator().manual_seed(seed + i))
@@ -84,7 +80,7 @@ def run_user_prompt_ablation(
         model.permute_user_prompts_(perm)
         try:
             for t in tasks:
-                permuted[t].append(ranks(t))
+                permuted[t].append(run(t))
         finally:  # the caller's model comes back as it was, also after an error
             with torch.no_grad():
                 model.cf_users.copy_(original[0])
@@ -98,7 +94,7 @@ def run_user_prompt_ablation(
         "composer": model.config.composer,
         "indexing": setup.predictor.indexing,
         "split": split,
-        "users": int(len(own[tasks[0]])),
+        "users": len(own[tasks[0]].users),
         "permutations": permutations,
         "seeds": [seed + i for i in range(permutations)],
         "users_keeping_own_prompt": fixed_points,
@@ -106,14 +102,15 @@ def run_user_prompt_ablation(
         "peapod_version": peapod.__version__,
         "own": {}, "permuted": {}, "paired": {},
     }
+    n_items = setup.dataset.n_items
     for t in tasks:
-        ks, nks = (SEQ_KS, SEQ_NDCG_KS) if t == "sequential" else (TOPN_KS, TOPN_NDCG_KS)
-        result["own"][t] = ranking_metrics(own[t], ks=ks, ndcg_ks=nks)
-        per_perm = [ranking_metrics(r, ks=ks, ndcg_ks=nks) for r in permuted[t]]
+        # The same metric definitions as `peapod evaluate` (no random fill: exact decodings are always valid).
+        result["own"][t] = ranking_task_metrics(own[t], 0, False, n_items)
+        per_perm = [ranking_task_metrics(o, 0, False, n_items) for o in permuted[t]]
         result["permuted"][t] = {k: float(np.mean([m[k] for m in per_perm])) for k in per_perm[0]}
         # Paired per user: own minus the user's mean over permutations.
-        own_gains = ndcg_gains(own[t], PAIRED_K)
-        permuted_gains = np.mean([ndcg_gains(r, PAIRED_K) for r in permuted[t]], axis=0)
+        own_gains = ndcg_gains(_target_ranks(own[t]), PAIRED_K)
+        permuted_gains = np.mean([ndcg_gains(_target_ranks(o), PAIRED_K) for o in permuted[t]], axis=0)
         diff = own_gains - permuted_gains
         n = len(diff)
         result["paired"][t] = {
