@@ -97,6 +97,56 @@ def data_stats(path: str = typer.Argument(..., help="'demo', a P5 directory, or 
     print_json(ds.stats())
 
 
+@data_app.command("from-reviews")
+def data_from_reviews(
+    file: str = typer.Argument(..., help="Reviews: Amazon 5-core JSON lines, or JSONL/CSV/TSV with --*-field names; plain or gzip."),
+    out: Path = typer.Option(..., "--out", "-o", help="P5-style directory to write (must not exist or be empty, unless --force)."),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the name: .csv, .tsv, else JSON lines), jsonl, csv or tsv."),
+    user_field: str = typer.Option("reviewerID", "--user-field", help="Field with the user id."),
+    item_field: str = typer.Option("asin", "--item-field", help="Field with the item id."),
+    time_field: str = typer.Option("unixReviewTime", "--time-field", help="Field with the time (a number, e.g. Unix seconds, or ISO 8601)."),
+    rating_field: str = typer.Option("overall", "--rating-field", help="Field with the rating ('' if the data has none)."),
+    text_field: str = typer.Option("reviewText", "--text-field", help="Field with the review text."),
+    strict: bool = typer.Option(False, "--strict", help="Users with fewer than 3 reviews and empty texts are errors, not dropped/kept."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the 80/10/10 explanation split."),
+    min_df: int = typer.Option(None, "--min-df", help="A feature must occur in at least this many reviews (default 10)."),
+    top_k: int = typer.Option(None, "--top-k", help="Most features kept, by review count (default 1000)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notes."),
+) -> None:
+    """Build a P5-style directory (sequences, datamaps, explanations with splits) from a raw review dump."""
+    import shlex
+    import time
+
+    from peapod.data.reviews import FieldMap, convert_reviews
+
+    fields = FieldMap(user_field, item_field, time_field, rating_field or None, text_field)
+    t0 = time.perf_counter()
+    command = " ".join(shlex.quote(a) for a in ["peapod", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("peapod") else None
+    try:
+        stats = convert_reviews(
+            file, out, fields=fields, fmt=fmt, strict=strict, seed=seed, min_df=min_df, top_k=top_k, force=force,
+            progress=not quiet and sys.stderr.isatty(), command=command,
+        )
+    except DataError as e:
+        fail(str(e))
+    except (FileExistsError, ValueError) as e:
+        fail(str(e))
+    if not quiet:
+        if stats["users_dropped"]:
+            typer.echo(f"dropped {stats['users_dropped']:,} user(s) with fewer than {stats['min_reviews_per_user']} reviews "
+                       f"({stats['reviews_dropped']:,} reviews); --strict makes this an error", err=True)
+        if stats["empty_texts"]:
+            typer.echo(f"{stats['empty_texts']:,} review(s) with an empty text kept without explanation "
+                       f"(first at {file}:{stats['empty_text_lines'][0]}); --strict makes this an error", err=True)
+        ex = stats["explanations"]
+        typer.echo(f"{stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions; "
+                   f"{ex['total']:,} explanations (train {ex['train']:,} / val {ex['val']:,} / test {ex['test']:,}, "
+                   f"{stats['explanation_share'] * 100:.1f}% of reviews); {stats['lexicon_size']:,} features; "
+                   f"{time.perf_counter() - t0:.1f}s", err=True)
+    typer.echo(str(out))
+
+
 @data_app.command("download")
 def data_download(
     name: str = typer.Argument(..., help="beauty, sports, toys or yelp."),
@@ -275,6 +325,39 @@ def bench_user_prompts(
     _emit_bench_result(result, format_ablation_table(result), out)
 
 
+@bench_app.command("retrieval")
+def bench_retrieval(
+    data: str = typer.Argument(..., help="Dataset with explanations: a P5 directory (e.g. from `data from-reviews`), a table, or 'demo'."),
+    split: str = typer.Option("test", "--split", help="val | test."),
+    max_records: int = typer.Option(0, "--max-records", help="First N explanation records of the split (0: all)."),
+    reference_tokenizer: str = typer.Option(None, "--reference-tokenizer", help="A run directory whose tokenizer cuts legacy references to 20 ids, as `evaluate --protocol legacy` does."),
+    out: str = typer.Option(None, "--out", "-o", help="Metrics file (default runs/retrieval/<dataset>/metrics.json)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Explanation baseline: the item's training sentence closest to the user's (TF-IDF); writes a metrics JSON."""
+    from peapod.baselines.retrieval import evaluate_retrieval
+    from peapod.data.loaders import load_dataset
+    from peapod.evaluate.runner import format_table
+    from peapod.io import write_json_atomic
+
+    if split not in ("val", "test"):
+        fail(f"--split must be val or test; got {split!r}")
+    if max_records < 0:
+        fail("--max-records must be >= 0")
+    try:
+        ds = load_dataset(data)
+        if not ds.explanations:
+            fail(f"{data} has no explanation records (explanation.json / explanation.jsonl)")
+        result = evaluate_retrieval(ds, split, max_records=max_records or None, reference_tokenizer=reference_tokenizer,
+                                    data_path=data, progress=not quiet and sys.stderr.isatty())
+    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError
+        fail(str(e))
+    target = Path(out) if out else Path("runs") / "retrieval" / ds.name / "metrics.json"
+    write_json_atomic(target, result)
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {target}", err=True)
+
+
 def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
     from peapod.grid import GridError, load_grid_spec, plan_cells
 
@@ -293,7 +376,7 @@ def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
 def bench_grid(
     spec_path: str = typer.Argument(..., help="Grid spec YAML (benchmarks/grids/*.yaml)."),
     datasets: str = typer.Option(None, "--datasets", help="Comma-separated subset of the spec's datasets."),
-    variants: str = typer.Option(None, "--variants", help="Comma-separated: p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec."),
+    variants: str = typer.Option(None, "--variants", help="Comma-separated: p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec, retrieval."),
     protocols: str = typer.Option(None, "--protocols", help="Comma-separated: legacy, rigorous."),
     seeds: str = typer.Option(None, "--seeds", help="Comma-separated subset of the spec's seeds."),
     out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
