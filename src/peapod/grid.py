@@ -5,7 +5,7 @@ A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
     name: cpu                          # the BENCHMARKS.md section and the default output folder
     config: configs/cpu-small.yaml     # the run config every generative cell starts from
     datasets: {toys: ../shared/data/toys, beauty: ../shared/data/beauty}
-    variants: [p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec]
+    variants: [p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec]   # also: retrieval
     protocols: [legacy, rigorous]
     seeds: {legacy: [0], rigorous: [0, 1, 2]}
     budget: {max_steps: 600, max_minutes: 30}   # per training run
@@ -14,11 +14,15 @@ A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
     sasrec: {loss: ce, epochs: 200, patience: 5}
 
 A cell is one (dataset, variant, protocol, seed). A generative cell (p5, pod, peapod-*) trains one
-model with the protocol's item indexing (legacy: `p5-sequential`, rigorous: `random`, with
+model with the protocol's item indexing (legacy: `p5-sequential`, rigorous: `random`, or the spec's
+`indexing` for that protocol, with
 `index.seed` = `train.seed` = the seed) and evaluates it with that protocol on the first
 `eval.max_users` users. A baseline cell (popularity, sasrec) scores items exactly, so the protocol
 changes nothing for it: it runs once per seed (popularity once) and appears in both tables. Every
-cell is evaluated on the same users and the same fixed 1+99 candidates as the generative cells.
+cell is evaluated on the same users and the same fixed 1+99 candidates as the generative cells. The
+`retrieval` baseline (explanations only, `peapod.baselines.retrieval`) is one deterministic cell on the same
+first `eval.max_users` explanation records; its legacy BLEU/ROUGE use whole references (the models' legacy
+protocol cuts them to 20 ids of the run's tokenizer, which a baseline does not have).
 
 Resuming: a cell with its JSON is never recomputed (unless `force`); a training run cut off midway
 continues from its last checkpoint. Results live in `<out>/cells/*.json` (small, meant to be kept);
@@ -69,8 +73,10 @@ GENERATIVE = {
     "peapod-neighbors": ["model.variant=peapod", "model.composer=neighbors"],
     "peapod-pool": ["model.variant=peapod", "model.composer=pool"],
 }
-BASELINES = ("popularity", "sasrec")
+BASELINES = ("popularity", "sasrec", "retrieval")
 VARIANTS = (*GENERATIVE, *BASELINES)
+# A spec without `variants` runs these (retrieval, explanation-only, is run when named).
+DEFAULT_VARIANTS = (*GENERATIVE, "popularity", "sasrec")
 PROTOCOLS = ("legacy", "rigorous")
 INDEXING = {"legacy": "p5-sequential", "rigorous": "random"}
 
@@ -142,7 +148,7 @@ class GridSpec(_Strict):
     datasets: dict[str, str]
     # Extra generative variants for ablations (k, L, heads, composer ...), usable in `variants`.
     ablations: dict[str, Ablation] = {}
-    variants: list[str] = list(VARIANTS)
+    variants: list[str] = list(DEFAULT_VARIANTS)
     protocols: list[str] = list(PROTOCOLS)
     seeds: dict[str, list[int]] = {"legacy": [0], "rigorous": [0, 1, 2]}
     budget: Budget = Budget()
@@ -150,6 +156,18 @@ class GridSpec(_Strict):
     set: list[str] = []
     sasrec: dict = {}
     description: str = ""
+    # Item indexing per protocol, where a grid departs from INDEXING (e.g. the laptop grid's atomic ids).
+    indexing: dict[str, str] = {}
+
+    @field_validator("indexing")
+    @classmethod
+    def _indexing(cls, v: dict[str, str]) -> dict[str, str]:
+        from peapod.data.indexing import STRATEGIES
+
+        bad = [f"{p}: {s}" for p, s in v.items() if p not in PROTOCOLS or s not in STRATEGIES]
+        if bad:
+            raise ValueError(f"indexing maps a protocol ({', '.join(PROTOCOLS)}) to a strategy ({', '.join(STRATEGIES)}); bad: {', '.join(bad)}")
+        return v
 
     @field_validator("ablations")
     @classmethod
@@ -234,7 +252,7 @@ def plan_cells(
     cells: list[Cell] = []
     for d in ds_list:
         for v in var_list:
-            if v == "popularity":
+            if v in ("popularity", "retrieval"):
                 cells.append(Cell(d, v, "any", 0))  # deterministic: one cell
                 continue
             if v in BASELINES:
@@ -279,7 +297,7 @@ def _dataset_tasks(data_path: str) -> list[str]:
 def _generative_overrides(spec: GridSpec, cell: Cell, tasks: list[str]) -> list[str]:
     out = [
         f"data.path={spec.datasets[cell.dataset]}",
-        f"index.strategy={INDEXING[cell.protocol]}",
+        f"index.strategy={spec.indexing.get(cell.protocol, INDEXING[cell.protocol])}",
         f"index.seed={cell.seed}",
         f"train.seed={cell.seed}",
         f"eval.protocol={cell.protocol}",
@@ -336,12 +354,33 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
     }
 
 
+def _run_retrieval(spec: GridSpec, cell: Cell, progress: bool) -> dict:
+    """The explanation retrieval baseline (peapod.baselines.retrieval): explanation task only."""
+    from peapod.baselines.retrieval import evaluate_retrieval
+    from peapod.data import load_dataset
+
+    ds = load_dataset(spec.datasets[cell.dataset])
+    if not ds.explanations:
+        raise GridError(f"dataset {cell.dataset} has no explanation records; the retrieval baseline needs them")
+    metrics = evaluate_retrieval(ds, spec.eval.split, max_records=spec.eval.max_users, data_path=spec.datasets[cell.dataset],
+                                 progress=progress)
+    section = metrics["tasks"]["explanation"]
+    return {
+        "training": {"train_seconds": 0.0, "train_records": section["train_records"]},
+        "evaluation": {"protocol": metrics["protocol"], "protocol_details": metrics["protocol_details"], "indexing": "none",
+                       "split": spec.eval.split, "seeds": [cell.seed], "max_users": spec.eval.max_users},
+        "tasks": {"explanation": section},
+    }
+
+
 def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
     from peapod.baselines import PopularityModel, SASRecConfig, train_sasrec
     from peapod.data import load_dataset
     from peapod.data.negatives import ensure_negatives
     from peapod.train.config import load_config
 
+    if cell.variant == "retrieval":
+        return _run_retrieval(spec, cell, progress)
     cfg = load_config(spec.config, [f"data.path={spec.datasets[cell.dataset]}"])
     ds = load_dataset(spec.datasets[cell.dataset])
     run_dir.mkdir(parents=True, exist_ok=True)

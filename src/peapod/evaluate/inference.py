@@ -315,10 +315,19 @@ class Predictor:
                 raise ValueError(f"item index {i} out of range (the catalogue has {self.n_items} items)")
 
     def input_items(self, request: Request) -> tuple[int, ...]:
-        """The items written into the request's input (sequential: the last `max_history`)."""
+        """The items written into the request's input (sequential: the last `max_history`; top-n:
+        none when the model reads no candidates, `ModelConfig.topn_input` "user")."""
         if request.task == "sequential":
             return request.items[-self.max_history :] if self.max_history > 0 else ()
+        if request.task == "topn" and self.model.config.topn_input == "user":
+            return ()
         return request.items
+
+    @property
+    def first_step_scores(self) -> bool:
+        """Item scores read the first decoder step only: atomic items, and a decoder trained to write
+        several items (`item_targets` > 1), whose next token after an item is an item, not EOS."""
+        return self.index.is_atomic and self.model.config.item_targets > 1
 
     def source_text(self, request: Request) -> str:
         """The encoder text of a request, in the evaluation form."""
@@ -397,7 +406,10 @@ class Predictor:
                 for atomic indexing leaves out the EOS step; "tree" always includes it).
         """
         enc = self._encoded(batch)
-        if method == "tree":
+        if self.first_step_scores:
+            ids, mask = self.item_tokens
+            scores = score_all_items(self.model, enc.hidden, enc.mask, ids, mask, atomic=True)
+        elif method == "tree":
             scores = score_items_tree(self.model, enc.hidden, enc.mask, self.prefix_tree)
         elif method == "naive":
             ids, mask = self.item_tokens
@@ -438,7 +450,9 @@ class Predictor:
                 raise ValueError(f"candidate item out of range (the catalogue has {self.n_items} items)")
             cand[i, : len(c)] = torch.tensor([int(x) for x in c], dtype=torch.long)
             pad[i, len(c) :] = True
-        if method == "tree":
+        if self.first_step_scores:
+            scores = self.score_all_items(enc).gather(1, cand)
+        elif method == "tree":
             scores = score_items_tree(self.model, enc.hidden, enc.mask, self.prefix_tree, cand)
         elif method == "naive":
             ids, mask = self.item_tokens
@@ -466,7 +480,7 @@ class Predictor:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         enc = self._encoded(batch)
-        if method == "scores":
+        if method == "scores" or self.first_step_scores:
             return _top_k_lists(self.score_all_items(enc, exclude=exclude), k)
         if method != "search":
             raise ValueError(f"unknown top-k method {method!r}; use 'search' or 'scores'")

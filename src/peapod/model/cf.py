@@ -35,14 +35,28 @@ def _padded(lists: list[list[int]], rows: np.ndarray) -> tuple[torch.Tensor, tor
     return torch.from_numpy(idx), torch.from_numpy(mask)
 
 
+def _chunk_rows(lengths: np.ndarray, order: np.ndarray, d: int, chunk: int, budget: int):
+    """Consecutive slices of `order` (rows sorted by length) whose [b, d, d] systems and [b, width, d]
+    gathered factors stay within `budget` float64 elements."""
+    start = 0
+    while start < len(order):
+        size = max(1, min(chunk, budget // (2 * d * d + 2 * int(lengths[order[start]]) * d)))
+        width = int(lengths[order[min(start + size, len(order)) - 1]])  # the longest row of the slice
+        size = max(1, min(size, budget // (2 * d * d + 2 * width * d)))
+        yield order[start : start + size]
+        start += size
+
+
 def solve_factors(
-    lists: list[list[int]], other: torch.Tensor, reg: float, alpha: float, chunk: int = 2048
+    lists: list[list[int]], other: torch.Tensor, reg: float, alpha: float, chunk: int = 2048, budget_mb: int = 256
 ) -> torch.Tensor:
     """One ALS half-step: for each row r, argmin_x sum_j c_rj (p_rj - x.y_j)^2 + reg |x|^2.
 
     Args:
         lists: per row, the column indices it interacted with (p_rj = 1, c_rj = 1 + alpha there).
         other: [n_cols, d] the fixed factors of the other side.
+        chunk, budget_mb: rows solved together, at most `chunk` and few enough that their systems
+            take about `budget_mb` MB (at d = 512 one system alone is 2 MB).
     Returns:
         [len(lists), d] the solved factors (float32).
     """
@@ -50,9 +64,9 @@ def solve_factors(
     gram = other.T @ other + reg * torch.eye(d, dtype=other.dtype)  # Y^T Y + reg I, shared by all rows
     out = torch.zeros(len(lists), d, dtype=other.dtype)
     # Sort by length so each chunk pads little.
-    order = np.argsort([len(x) for x in lists], kind="stable")
-    for start in range(0, len(order), chunk):
-        rows = order[start : start + chunk]
+    lengths = np.array([len(x) for x in lists])
+    order = np.argsort(lengths, kind="stable")
+    for rows in _chunk_rows(lengths, order, d, chunk, budget_mb * 2**20 // 8):
         idx, mask = _padded(lists, rows)
         y = other[idx] * mask.unsqueeze(-1).to(other.dtype)  # [b, n, d], zero rows for padding
         a = gram + alpha * torch.einsum("bnd,bne->bde", y, y)

@@ -25,14 +25,18 @@ from peapod.data.indexing import ItemIndex, user_text
 from peapod.io import atomic_directory, write_json_atomic
 from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.model.composer import NeighborComposer, PoolComposer
+from peapod.model.item_head import init_item_embeddings, restricted_lm_output
 from peapod.model.text import TASKS, atomic_item_tokens, template_corpus, train_tokenizer
 
 VARIANTS = ("p5", "pod", "peapod")
 COMPOSERS = ("neighbors", "pool")
+TOPN_INPUTS = ("candidates", "user", "history")
+ITEM_INITS = ("random", "cf")
 
 # From-scratch backbone sizes. `t5-small` has T5-small's dimensions (60M parameters with its vocab).
 PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=128, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32, vocab_size=2000),
+    "cpu-d128": dict(d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32, vocab_size=2000),
     "cpu-small": dict(d_model=256, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=64, vocab_size=8000),
     "t5-small": dict(d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64, vocab_size=32000),
 }
@@ -58,6 +62,15 @@ class ModelConfig:
     vocab_size: int | None = None  # from-scratch tokenizer size; None takes the preset's
     max_whole_words: int = 512
     dropout: float = 0.1
+    # What a top-n input holds: the candidate list (P5/POD/PeaPOD), only the user, or the user and its
+    # recent history. Candidates are always scored exactly; without them in the input, the prompt and
+    # history are all the model reads.
+    topn_input: str = "candidates"
+    # Items the decoder was trained to write: the next `item_targets` items (sequential) or that many of
+    # the user's items (candidate-free top-n), teacher-forced, no EOS when > 1. Item scores then read
+    # the first decoder step only (atomic items).
+    item_targets: int = 1
+    item_init: str = "random"  # "cf": atomic item token embeddings start as projected ALS item factors
     seed: int = 0
 
     def __post_init__(self):
@@ -65,6 +78,12 @@ class ModelConfig:
             raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.composer not in COMPOSERS:
             raise ValueError(f"model.composer must be one of {COMPOSERS}, got {self.composer!r}")
+        if self.topn_input not in TOPN_INPUTS:
+            raise ValueError(f"model.topn_input must be one of {TOPN_INPUTS}, got {self.topn_input!r}")
+        if self.item_init not in ITEM_INITS:
+            raise ValueError(f"model.item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
+        if self.item_targets < 1:
+            raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
 
     @property
     def has_task_prompt(self) -> bool:
@@ -209,10 +228,16 @@ class PeaPOD(nn.Module):
         embeds, mask = self.encoder_inputs(task_ids, input_ids, attention_mask, whole_word_ids, **who)
         return self.t5.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True), mask
 
-    def forward(self, task_ids, input_ids, attention_mask, whole_word_ids, labels, users=None, **who):
-        """Teacher-forced forward; returns the transformers Seq2SeqLMOutput (with `.loss`)."""
+    def forward(self, task_ids, input_ids, attention_mask, whole_word_ids, labels, users=None, label_space=None, **who):
+        """Teacher-forced forward; returns the transformers Seq2SeqLMOutput (with `.loss`).
+
+        `label_space` [V'] (token ids, ascending), when given, restricts the softmax of the loss to those
+        tokens (the item head over catalogue tokens); every label must be in it. Logits are then [B, T, V'].
+        """
         encoder_out, mask = self.encode(task_ids, input_ids, attention_mask, whole_word_ids, users=users, **who)
-        return self.t5(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, return_dict=True)
+        if label_space is None:
+            return self.t5(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, return_dict=True)
+        return restricted_lm_output(self.t5, encoder_out, mask, labels, label_space)
 
 
 # ---- construction, saving, loading --------------------------------------------------------------
@@ -251,8 +276,16 @@ def build_model(config: ModelConfig, dataset: Dataset, index: ItemIndex):
             tokenizer.add_tokens(atomic_item_tokens(atomic))
             t5.resize_token_embeddings(len(tokenizer))
     model = PeaPOD(config, t5, dataset.n_users, dataset.n_items)
-    if config.has_user_prompt:
+    if config.item_init == "cf" and not index.is_atomic:
+        raise ValueError("model.item_init 'cf' needs atomic item tokens (index.strategy atomic)")
+    if config.item_targets > 1 and not index.is_atomic:
+        raise ValueError("model.item_targets > 1 needs atomic item tokens (index.strategy atomic)")
+    if config.has_user_prompt or config.item_init == "cf":
         user_f, item_f = train_als([dataset.train_items(u) for u in range(dataset.n_users)], dataset.n_items, config.als())
+    if config.item_init == "cf":
+        token_ids = tokenizer.convert_tokens_to_ids(index.all_item_texts())
+        init_item_embeddings(t5, torch.tensor(token_ids), item_f, seed=config.seed)
+    if config.has_user_prompt:
         with torch.no_grad():
             model.cf_users.copy_(user_f)
             model.cf_items.copy_(item_f)

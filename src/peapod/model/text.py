@@ -154,11 +154,14 @@ def eval_template(variant: str) -> int | None:
 def source_text(task: str, template: int | None, user: str, items: list[str]) -> str:
     """The encoder text of one example.
 
-    `items` is the history (sequential), the candidates (topn) or the one item (explanation).
+    `items` is the history (sequential), the candidates (topn; or the history or nothing when the model
+    reads no candidates, see `ModelConfig.topn_input`) or the one item (explanation).
     """
     if task == "sequential":
         return fill_template(task, template, user=user, history=" ".join(items))
     if task == "topn":
+        if not items:  # candidate-free top-n (model.topn_input "user"): the user alone
+            return user
         return fill_template(task, template, user=user, candidates=" ".join(items))
     if task == "explanation":
         return fill_template(task, template, user=user, item=items[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from peapod.model.peapod import ModelConfig
 
@@ -49,6 +49,11 @@ class ModelSection(_Section):
     cf_iterations: int = Field(15, ge=1)
     vocab_size: int | None = Field(None, ge=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    topn_input: Literal["candidates", "user", "history"] = Field(
+        "candidates", description="what a top-n input holds besides the prompts: the candidate list, nothing but the user, or the user's recent history"
+    )
+    item_targets: int = Field(1, ge=1, le=64, description="next items the decoder writes per item example (teacher-forced)")
+    item_init: Literal["random", "cf"] = Field("random", description="'cf': item token embeddings start as projected ALS item factors")
 
 
 class TrainSection(_Section):
@@ -77,6 +82,16 @@ class TrainSection(_Section):
     bf16: bool = True
     deterministic: bool = False
     device: str = "auto"
+    input_encoding: Literal["text", "ids"] = Field(
+        "text", description="'ids': token ids built once per epoch from per-user/item token tables (bare inputs), not text tokenized per batch"
+    )
+    seq_positions: Literal["one", "all"] = Field(
+        "one", description="sequential examples per user and epoch: one random position, or every training position"
+    )
+    item_softmax: Literal["vocab", "items"] = Field("vocab", description="'items': item-task losses normalize over item tokens only")
+    select_by: Literal["loss", "ndcg"] = Field(
+        "loss", description="best epoch and early stopping: mean validation loss, or mean validation NDCG@10 of the item tasks (atomic ids)"
+    )
 
 
 class EvalSection(_Section):
@@ -92,6 +107,33 @@ class RunConfig(_Section):
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        problems = []
+        atomic = self.index.strategy == "atomic"
+        if self.model.item_targets > 1 and not atomic:
+            problems.append("model.item_targets > 1 needs index.strategy atomic")
+        if self.model.item_init == "cf" and not atomic:
+            problems.append("model.item_init cf needs index.strategy atomic")
+        ids = self.train.input_encoding == "ids"
+        if ids and self.model.variant == "p5":
+            problems.append("train.input_encoding ids writes bare inputs; variant p5 needs its text templates")
+        for what, needs_ids in (
+            ("train.seq_positions all", self.train.seq_positions == "all"),
+            ("train.item_softmax items", self.train.item_softmax == "items"),
+            ("model.item_targets > 1", self.model.item_targets > 1),
+            (f"model.topn_input {self.model.topn_input}", self.model.topn_input != "candidates"),
+        ):
+            if needs_ids and not ids:
+                problems.append(f"{what} needs train.input_encoding ids")
+        if self.train.select_by == "ndcg" and not (ids and atomic):
+            problems.append("train.select_by ndcg needs train.input_encoding ids and index.strategy atomic")
+        if self.train.item_softmax == "items" and self.train.schedule != "rotate":
+            problems.append("train.item_softmax items needs train.schedule rotate (one task per batch)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def architecture(self) -> ModelConfig:
         m = self.model.model_dump()

@@ -37,6 +37,7 @@ from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bund
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
+from peapod.train.id_batches import EncodedRows, IdTrainingData, first_item_ndcg
 from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
 
 
@@ -99,6 +100,23 @@ def _shard(batch: list[Example], rank: int, world: int) -> list[Example]:
     return batch[rank::world] or [batch[rank % len(batch)]]
 
 
+class TextEpoch:
+    """The batches of one epoch as examples of text, tokenized when a batch is drawn."""
+
+    def __init__(self, batches: list[list[Example]], tokenizer, cfg: RunConfig, max_words: int):
+        self.batches, self.tokenizer, self.cfg, self.max_words = batches, tokenizer, cfg, max_words
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def task(self, position: int) -> str:
+        return self.batches[position][0].task
+
+    def batch(self, position: int, rank: int, world: int, device: torch.device) -> tuple[dict, int]:
+        examples = self.batches[position]
+        return collate(_shard(examples, rank, world), self.tokenizer, self.cfg, self.max_words, device), len(examples)
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -109,24 +127,35 @@ def _lr_lambda(warmup: int, total: int):
 
 
 @torch.no_grad()
-def validation_losses(model, examples: dict[str, list[Example]], tokenizer, cfg, max_words, device, rank, world, autocast) -> dict[str, float]:
-    """Mean token loss per task on fixed validation examples (all-reduced across ranks)."""
+def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], tokenizer, cfg, max_words, device, rank, world, autocast) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean token loss per task on fixed validation examples (all-reduced across ranks), and for item
+    tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target.
+
+    A task's examples are text `Example`s or an `EncodedRows` table (`train.input_encoding: ids`)."""
     model.eval()
-    out = {}
+    out, ndcg = {}, {}
     for task, exs in examples.items():
-        mine = exs[rank::world]
-        total, count = 0.0, 0
+        mine = list(range(rank, len(exs), world))
+        total, count, gain = 0.0, 0, 0.0
+        ranked = isinstance(exs, EncodedRows) and exs.rank_space is not None
         for i in range(0, len(mine), cfg.eval.batch_size):
             chunk = mine[i : i + cfg.eval.batch_size]
-            batch = collate(chunk, tokenizer, cfg, max_words, device)
+            if isinstance(exs, EncodedRows):
+                batch = exs.batch(np.array(chunk), device)
+            else:
+                batch = collate([exs[j] for j in chunk], tokenizer, cfg, max_words, device)
             with autocast():
-                loss = model(**batch).loss
-            total += float(loss) * len(chunk)
+                result = model(**batch)
+            total += float(result.loss) * len(chunk)
             count += len(chunk)
-        total, count = _all_reduce_sum([total, float(count)], device, world)
+            if ranked:
+                gain += float(first_item_ndcg(result.logits, batch, exs.rank_space).sum())
+        total, count, gain = _all_reduce_sum([total, float(count), gain], device, world)
         out[task] = total / max(count, 1.0)
+        if ranked:
+            ndcg[task] = gain / max(count, 1.0)
     model.train()
-    return out
+    return out, ndcg
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -186,12 +215,22 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     bundle = ModelBundle(model, tokenizer, index, ds.user_ids, ds.item_ids, {"dataset": ds.name})
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
+    max_words = model.config.max_whole_words
+    id_data = None
+    if cfg.train.input_encoding == "ids":
+        id_data = IdTrainingData(ds, index, tokenizer, explanations_train, cfg, max_words)
     plan_args = dict(
         ds=ds, index=index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
         batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,
         topn_candidates=cfg.train.topn_candidates, user_dropout=cfg.train.user_dropout,
     )
-    batches_per_epoch = len(epoch_batches(epoch=0, **plan_args))
+
+    def plan_epoch(epoch: int):
+        if id_data is not None:
+            return id_data.epoch(epoch)
+        return TextEpoch(epoch_batches(epoch=epoch, **plan_args), tokenizer, cfg, max_words)
+
+    batches_per_epoch = len(plan_epoch(0))
     total_steps = cfg.train.epochs * batches_per_epoch
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -205,11 +244,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         state.setdefault("train_seconds", 0.0)
     budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
 
-    max_words = model.config.max_whole_words
-    val_examples = validation_examples(
-        ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users,
-        topn_candidates=cfg.train.topn_candidates,
-    )
+    if id_data is not None:
+        val_examples = id_data.validation(negatives, explanations_val, cfg.train.val_max_users)
+    else:
+        val_examples = validation_examples(
+            ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users,
+            topn_candidates=cfg.train.topn_candidates,
+        )
     val_examples = {t: v for t, v in val_examples.items() if t in cfg.train.tasks}
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
 
@@ -246,13 +287,12 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     out_of_time = budget_s is not None and state["train_seconds"] >= budget_s  # a resumed run that had used it up
     while state["epoch"] < cfg.train.epochs and state["step"] < total_steps and not stopped_early and not out_of_time:
         epoch = state["epoch"]
-        batches = epoch_batches(epoch=epoch, **plan_args)
+        batches = plan_epoch(epoch)
         bar = tqdm(total=len(batches), initial=state["position"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True)
         window_loss, window_n, window_steps, window_t = 0.0, 0, 0, time.time()
         while state["position"] < len(batches) and state["step"] < total_steps and not out_of_time:
             t_step = time.time()
-            examples = batches[state["position"]]
-            batch = collate(_shard(examples, rank, world), tokenizer, cfg, max_words, device)
+            batch, batch_examples = batches.batch(state["position"], rank, world, device)
             with autocast():
                 loss = ddp(**batch).loss
             optimizer.zero_grad(set_to_none=True)
@@ -263,7 +303,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
             state["position"] += 1
             state["step"] += 1
             window_loss += loss.detach().item()
-            window_n += len(examples)
+            window_n += batch_examples
             window_steps += 1
             bar.update(1)
             state["train_seconds"] += time.time() - t_step
@@ -273,7 +313,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
                 elapsed = time.time() - window_t
                 sps = window_n / max(elapsed, 1e-9)
                 mean_loss = window_loss / window_steps  # fewer than log_every after an epoch boundary or a resume
-                log_event({"event": "train", "step": state["step"], "epoch": epoch, "task": examples[0].task, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": sps})
+                log_event({"event": "train", "step": state["step"], "epoch": epoch, "task": batches.task(state["position"] - 1), "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": sps})
                 if writer:
                     writer.add_scalar("train/loss", mean_loss, state["step"])
                     writer.add_scalar("train/samples_per_s", sps, state["step"])
@@ -288,16 +328,21 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
             break  # max_steps or max_minutes reached mid-epoch
         # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
         # a DDP forward may broadcast buffers, a collective every rank would have to join.
-        val = validation_losses(model, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
+        val, val_ndcg = validation_losses(model, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
         mean_val = sum(val.values()) / max(len(val), 1)
-        state["history"].append({"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
-        log_event({"event": "validation", "epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val})
+        entry = {"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val}
+        if val_ndcg:
+            entry["val_ndcg10"] = val_ndcg
+        state["history"].append(entry)
+        log_event({"event": "validation", **entry})
         if writer:
             for task, v in val.items():
                 writer.add_scalar(f"val/{task}", v, epoch)
             writer.add_scalar("val/mean", mean_val, epoch)
-        if mean_val < state["best_val"]:
-            state.update(best_val=mean_val, best_epoch=epoch, bad_epochs=0)
+        # Lower is better: the mean loss, or minus the mean NDCG@10 of the item tasks.
+        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.train.select_by == "ndcg" else mean_val
+        if criterion < state["best_val"]:
+            state.update(best_val=criterion, best_epoch=epoch, bad_epochs=0)
             if main:
                 save_bundle(bundle, out_dir / "best")
         else:

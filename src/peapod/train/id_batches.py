@@ -1,0 +1,329 @@
+"""Training and validation batches built as token ids (`train.input_encoding: ids`).
+
+An epoch's examples are index arrays (user, input items, target items), drawn with numpy from a
+generator seeded by (seed, epoch, task), and encoded once per epoch through `TokenTables`; a batch
+is a slice of those matrices. Inputs are the bare evaluation form (`user items...`), so validation
+and test read exactly what training read. Levers, each a config switch:
+
+* `train.seq_positions`: `one` random position per user and epoch (a random contiguous history
+  segment before it, as the text sampler), or `all` training positions (the last `max_history`
+  items before each).
+* `model.item_targets` m: the decoder writes the next m training items teacher-forced (sequential),
+  or m of the user's training items in random order (candidate-free top-n); the first is the one
+  evaluation scores. m = 1 keeps the text path's `item </s>` target.
+* `model.topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
+  (no items in the input: the prompts carry the user).
+* `train.item_softmax: items`: item tasks normalize their loss over the item tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from peapod.data.dataset import Dataset, Explanation
+from peapod.model.text import TASK_IDS
+from peapod.train.samplers import sample_negatives_for
+from peapod.train.token_tables import TokenTables, sentence_labels
+
+
+@dataclass(frozen=True)
+class TrainSequences:
+    """Every user's training items, flattened: user u's are flat[offsets[u] : offsets[u] + lengths[u]]."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> "TrainSequences":
+        lists = [ds.train_items(u) for u in range(ds.n_users)]
+        lengths = np.array([len(x) for x in lists], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        flat = np.array([i for x in lists for i in x], dtype=np.int64)
+        return cls(flat, offsets, lengths)
+
+    def window(self, users: np.ndarray, start: np.ndarray, stop: np.ndarray, width: int) -> np.ndarray:
+        """[N, width] items start..stop-1 of each user's training items (left-aligned, -1 padded)."""
+        j = np.arange(width)[None, :]
+        pos = start[:, None] + j
+        valid = pos < stop[:, None]
+        idx = np.where(valid, self.offsets[users][:, None] + pos, 0)
+        return np.where(valid, self.flat[idx] if len(self.flat) else 0, -1)
+
+
+@dataclass
+class TaskRows:
+    """One task's examples as index arrays.
+
+    users: [N] whose prompt; text_users: [N] user-table row written in the input (generic after
+    dropout); inputs: [N, H] input items (-1 padded); targets: [N, M] target items (item tasks);
+    sentences: [N] explanation record index (explanation).
+    """
+
+    task: str
+    users: np.ndarray
+    text_users: np.ndarray
+    inputs: np.ndarray
+    targets: np.ndarray | None = None
+    sentences: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
+    # User-id dropout: the prompt, not the id string, has to carry the user.
+    return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
+
+
+def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positions: str, dropout: float, generic: int) -> TaskRows:
+    """History before a target position -> the next m training items."""
+    has = np.nonzero(seqs.lengths >= 2)[0]
+    if positions == "all":
+        counts = seqs.lengths[has] - 1
+        users = np.repeat(has, counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
+        start = np.maximum(0, t - max_history)
+    else:
+        users = has
+        t = rng.integers(1, seqs.lengths[has])  # target position; the last two items of the sequence are never seen
+        start = rng.integers(np.maximum(0, t - max_history), t)
+    inputs = seqs.window(users, start, t, max_history)
+    targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
+    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets)
+
+
+def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int) -> TaskRows:
+    """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
+    `user`: no input items; the targets are m of the user's training items in random order."""
+    users = np.nonzero(seqs.lengths >= 1)[0]
+    if topn_input == "user":
+        # A random order of each user's training items: sort random keys within each user.
+        owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
+        order = np.lexsort((rng.random(len(seqs.flat)), owner))
+        shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
+        targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
+        inputs = np.zeros((len(users), 0), dtype=np.int64)
+    else:
+        pick = rng.integers(0, seqs.lengths[users])
+        pos = seqs.flat[seqs.offsets[users] + pick]
+        py = random.Random(int(rng.integers(2**63)))
+        cands = []
+        for u, p in zip(users.tolist(), pos.tolist()):
+            row = sample_negatives_for(user_items[u], n_items, n_candidates - 1, py) + [p]
+            py.shuffle(row)
+            cands.append(row)
+        inputs = np.array(cands, dtype=np.int64).reshape(len(users), n_candidates)
+        targets = pos[:, None]
+    return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets)
+
+
+def explanation_rows(records: list[Explanation], rng, dropout: float, generic: int) -> TaskRows:
+    users = np.array([e.user for e in records], dtype=np.int64)
+    items = np.array([[e.item] for e in records], dtype=np.int64).reshape(len(records), 1)
+    text_users = _dropout(users, rng, dropout, generic) if rng is not None else users
+    return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))
+
+
+@dataclass
+class EncodedRows:
+    """A task's examples as tensors (CPU). `label_space` restricts the loss softmax (item tasks)."""
+
+    task_ids: torch.Tensor
+    users: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    whole_word_ids: torch.Tensor
+    labels: torch.Tensor
+    label_space: torch.Tensor | None = None
+    rank_space: torch.Tensor | None = None  # item tasks: the item tokens a validation target is ranked among
+
+    def __len__(self) -> int:
+        return self.users.shape[0]
+
+    def batch(self, rows, device: torch.device) -> dict:
+        """The model inputs of `rows`, with padding columns the rows do not use trimmed."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        mask = self.attention_mask[rows]
+        labels = self.labels[rows]
+        width = max(1, int(mask.sum(1).max()))
+        used = (labels != -100).any(0).nonzero()
+        lwidth = int(used.max()) + 1 if len(used) else 1
+        out = {
+            "task_ids": self.task_ids[rows].to(device),
+            "users": self.users[rows].to(device),
+            "input_ids": self.input_ids[rows, :width].contiguous().to(device),
+            "attention_mask": mask[:, :width].contiguous().to(device),
+            "whole_word_ids": self.whole_word_ids[rows, :width].contiguous().to(device),
+            "labels": labels[:, :lwidth].contiguous().to(device),
+        }
+        if self.label_space is not None:
+            out["label_space"] = self.label_space.to(device)
+        return out
+
+
+@torch.no_grad()
+def first_item_ndcg(logits: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Per row, NDCG@k of the first target item among all items, read off the first decoder step.
+
+    logits: [B, T, V] (or [B, T, V'] over `batch["label_space"]`); rank_space: [N] item token ids.
+    Ties count against the target. This is what the evaluation ranks for atomic items.
+    """
+    first = logits[:, 0].float()
+    target = batch["labels"][:, 0]
+    space = batch.get("label_space")
+    if space is not None:
+        columns = torch.searchsorted(space, rank_space.to(space.device))
+        target = torch.searchsorted(space, target)
+    else:
+        columns = rank_space.to(first.device)
+    target_score = first.gather(1, target[:, None])
+    rank = (first[:, columns] > target_score).sum(1) + (first[:, columns] == target_score).sum(1) - 1
+    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
+
+
+def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+def concat_rows(parts: list[EncodedRows]) -> EncodedRows:
+    """All rows of several tasks in one table (mixed schedule); needs no label_space."""
+    w = max(p.input_ids.shape[1] for p in parts)
+    lw = max(p.labels.shape[1] for p in parts)
+    return EncodedRows(
+        torch.cat([p.task_ids for p in parts]), torch.cat([p.users for p in parts]),
+        torch.cat([_pad_to(p.input_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.attention_mask, w, 0) for p in parts]),
+        torch.cat([_pad_to(p.whole_word_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.labels, lw, -100) for p in parts]),
+    )
+
+
+class IdEpoch:
+    """The batches of one epoch: (table, row indices) pairs, in training order."""
+
+    def __init__(self, plan: list[tuple[EncodedRows, np.ndarray]], tasks: list[str]):
+        self.plan = plan
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def task(self, position: int) -> str:
+        return self.tasks[position]
+
+    def batch(self, position: int, rank: int, world: int, device: torch.device) -> tuple[dict, int]:
+        """(model inputs of this rank's share, global batch size). Ranks take rows rank::world; a batch
+        smaller than the world repeats a row so every rank joins the gradient all-reduce."""
+        table, rows = self.plan[position]
+        mine = rows[rank::world]
+        if len(mine) == 0:
+            mine = rows[rank % len(rows) : rank % len(rows) + 1]
+        return table.batch(mine, device), len(rows)
+
+
+class IdTrainingData:
+    """Token tables, training sequences and sentence labels of one run, built once; epochs on demand."""
+
+    def __init__(self, ds: Dataset, index, tokenizer, explanations: list[Explanation], cfg, max_words: int):
+        self.ds, self.cfg, self.max_words = ds, cfg, max_words
+        self.tables = TokenTables.build(tokenizer, index, ds.n_users)
+        self.seqs = TrainSequences.from_dataset(ds)
+        self.user_items = [set(s) for s in ds.sequences] if cfg.model.topn_input == "candidates" else []
+        self.explanations = explanations
+        self.tokenizer = tokenizer
+        self.sentences = sentence_labels(tokenizer, [e.text for e in explanations], cfg.train.max_target_length)
+        m = cfg.model.item_targets
+        space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
+        self.item_space = torch.from_numpy(space) if cfg.train.item_softmax == "items" else None
+        self._cached: tuple[int, IdEpoch] | None = None
+
+    def encode(self, rows: TaskRows, sentences: np.ndarray | None = None) -> EncodedRows:
+        t = self.cfg.train
+        ids, mask, words = self.tables.inputs(rows.text_users, rows.inputs, t.max_input_length, self.max_words)
+        if rows.task == "explanation":
+            labels = (self.sentences if sentences is None else sentences)[rows.sentences]
+            space = ranked = None
+        else:
+            labels = self.tables.item_labels(rows.targets, eos=self.cfg.model.item_targets == 1)
+            space = self.item_space
+            # Ranking the first label token is the evaluation's ranking only when an item is one token.
+            ranked = torch.from_numpy(self.tables.item_space) if self.tables.item_tokens.shape[1] == 1 else None
+        n = len(rows)
+        return EncodedRows(
+            torch.full((n,), TASK_IDS[rows.task], dtype=torch.long), torch.from_numpy(rows.users),
+            torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(words), torch.from_numpy(labels), space, ranked,
+        )
+
+    def task_rows(self, task: str, rng: np.random.Generator) -> TaskRows | None:
+        t, m, g = self.cfg.train, self.cfg.model, self.tables.generic_user
+        if task == "sequential":
+            return sequential_rows(self.seqs, rng, t.max_history, m.item_targets, t.seq_positions, t.user_dropout, g)
+        if task == "topn":
+            return topn_rows(self.seqs, self.user_items, self.ds.n_items, rng, m.topn_input, t.topn_candidates, m.item_targets, t.user_dropout, g)
+        if task == "explanation" and self.explanations:
+            return explanation_rows(self.explanations, rng, t.user_dropout, g)
+        return None
+
+    def epoch(self, epoch: int) -> IdEpoch:
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        t = self.cfg.train
+        tables = []
+        for task in t.tasks:
+            rows = self.task_rows(task, np.random.default_rng([t.seed, epoch, TASK_IDS[task]]))
+            if rows is not None and len(rows):
+                tables.append((task, self.encode(rows)))
+        rng = np.random.default_rng([t.seed, epoch, 99])
+        plan, tasks = [], []
+        if t.schedule == "mixed" and tables:
+            table = concat_rows([e for _, e in tables])
+            order = rng.permutation(len(table))
+            for i in range(0, len(order), t.batch_size):
+                plan.append((table, order[i : i + t.batch_size]))
+                tasks.append("mixed")
+        else:  # rotate: one task per batch, tasks take turns
+            queues = []
+            for task, table in tables:
+                order = rng.permutation(len(table))
+                queues.append([(task, table, order[i : i + t.batch_size]) for i in range(0, len(order), t.batch_size)])
+            for turn in range(max((len(q) for q in queues), default=0)):
+                for q in queues:
+                    if turn < len(q):
+                        task, table, rows = q[turn]
+                        plan.append((table, rows))
+                        tasks.append(task)
+        result = IdEpoch(plan, tasks)
+        self._cached = (epoch, result)
+        return result
+
+    def validation(self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None) -> dict[str, EncodedRows]:
+        """Fixed validation tables per task, in the evaluation input form: the last max_history training
+        items -> the validation item; top-n as the model reads it; held-out explanations."""
+        t, m = self.cfg.train, self.cfg.model
+        ds = self.ds
+        users = np.arange(ds.n_users if max_users is None else min(max_users, ds.n_users))
+        targets = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)[:, None]
+        stop = self.seqs.lengths[users]
+        out = {}
+        if "sequential" in t.tasks:
+            hist = self.seqs.window(users, np.maximum(0, stop - t.max_history), stop, t.max_history)
+            out["sequential"] = self.encode(TaskRows("sequential", users, users, hist, targets))
+        if "topn" in t.tasks:
+            if m.topn_input == "user":
+                inputs = np.zeros((len(users), 0), dtype=np.int64)
+            else:
+                rows = []
+                for u, target in zip(users.tolist(), targets[:, 0].tolist()):
+                    cands = [target] + list(negatives[u][: t.topn_candidates - 1])
+                    random.Random(u).shuffle(cands)  # as validation_examples and the evaluation do
+                    rows.append(cands)
+                inputs = np.array(rows, dtype=np.int64)
+            out["topn"] = self.encode(TaskRows("topn", users, users, inputs, targets))
+        if "explanation" in t.tasks and explanations_val:
+            sentences = sentence_labels(self.tokenizer, [e.text for e in explanations_val], t.max_target_length)
+            out["explanation"] = self.encode(explanation_rows(explanations_val, None, 0.0, 0), sentences)
+        return out
