@@ -510,6 +510,21 @@ def test_cf_functions_directly():
         cf.nearest_neighbors(uf, uf, 7)
 
 
+def test_woodbury_and_memory_bounded_chunks_give_the_exact_als_solution():
+    gen = torch.Generator().manual_seed(0)
+    other = torch.randn(40, 16, generator=gen, dtype=torch.float64)
+    lists = [sorted(set(torch.randint(0, 40, (n,), generator=gen).tolist())) for n in (1, 2, 3, 5, 8, 30, 35)]
+    direct = cf.solve_factors(lists, other, 0.1, 10.0)  # d = 16 < 256: plain d x d solves
+    woodbury = cf.solve_factors(lists, other, 0.1, 10.0, woodbury_min_dim=1)  # rows with <= 8 items via Woodbury
+    tiny_chunks = cf.solve_factors(lists, other, 0.1, 10.0, budget_mb=0)  # one row per chunk
+    torch.testing.assert_close(woodbury, direct, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(tiny_chunks, direct, atol=1e-12, rtol=1e-12)
+    for r, items in enumerate(lists):  # the normal equations hold: (G + alpha Y_r^T Y_r) x = (1 + alpha) sum y
+        y = other[items]
+        a = other.T @ other + 0.1 * torch.eye(16, dtype=torch.float64) + 10.0 * y.T @ y
+        torch.testing.assert_close(a @ woodbury[r], 11.0 * y.sum(0), atol=1e-8, rtol=1e-8)
+
+
 # ---- atomic indexing ------------------------------------------------------------------------
 def test_atomic_indexing_adds_one_token_per_item(models, indexes):
     _, tok = models("peapod", "neighbors", "atomic")
