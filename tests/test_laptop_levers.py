@@ -197,6 +197,12 @@ def test_multi_item_models_score_items_by_the_first_decoder_step(demo, atomic_mo
     assert torch.allclose(pred.score_candidates(enc, [[5, 1, 9], [2, 3]])[1, :2], first[1, [2, 3]], atol=1e-5)
     items, _ = pred.top_k(enc, 5)
     assert items[0] == torch.sort(first[0], descending=True, stable=True).indices[:5].tolist()
+    # Legacy (free) beam search reads the first step too: its beams are the top first tokens, each one item.
+    beams = pred.beam_items(enc, num_beams=6)
+    full = torch.log_softmax(logits, -1)[0]
+    top_tokens = tok.convert_ids_to_tokens(torch.topk(full, 6).indices.tolist())
+    assert beams.items[0] == [pred.parse_item(t) for t in top_tokens]  # non-item tokens are invalid (-1)
+    assert pred.parse_item(index.item_text(4) + index.item_text(7)) == 4  # atomic tokens decode without spaces
 
 
 # ---- config -------------------------------------------------------------------------------------
