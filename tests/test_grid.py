@@ -195,12 +195,18 @@ def test_markdown_has_pod_anchor_ratios_mean_std_and_target_checks():
         fake_result("toys", "peapod-neighbors", "rigorous", 0, 0.02, 0.3),
         fake_result("toys", "peapod-neighbors", "rigorous", 1, 0.04, 0.3),
         fake_result("toys", "sasrec", "any", 0, 0.05, 0.4),
+        fake_result("toys", "pod", "rigorous", 0, 0.01, 0.2),
+        fake_result("toys", "pod", "rigorous", 1, 0.01, 0.2),
     ]
     md = grid_markdown(results)
     assert "| POD (logged) | 6.91 | 5.99 | 14.33 | 10.09 |" in md
     assert "| peapod-neighbors / POD | 1.20× |" in md and "| pod / POD | 0.50× |" in md
     assert "| peapod-neighbors | 3.00 ± 1.41 | 1.50 ± 0.71 |" in md  # rigorous seq HR@10, NDCG@10 over 2 seeds
-    assert "seq NDCG@10 ≥ SASRec's: not met (1.50 vs 2.50)" in md
+    assert "seq NDCG@10 ≥ SASRec's: not met (1.50 vs 2.50, 0.60×)" in md
+    assert "top-n HR@5 ≥ SASRec's: not met (30.00 vs 40.00, 0.75×)" in md
+    # paired over seeds 0 and 1: seq NDCG@10 differences 0.5 and 1.5 points, top-n HR@5 10 and 10
+    assert "pod seq NDCG@10 over seeds 0,1: +1.00 ± 0.71 (mean ± std of the paired differences): does not beat POD" in md
+    assert "pod top-n HR@5 over seeds 0,1: +10.00 ± 0.00 (mean ± std of the paired differences): beats POD" in md
     # seq NDCG@5 is 0.5 * 1.2 * HR@5 = 0.0415 vs POD's 0.0599: not 1.10x on every metric.
     assert "≥ 1.10 × POD's logged seq/top-n HR@5, NDCG@5: not met" in md
     assert "legacy, peapod-neighbors beats pod in the same harness: higher in 6 of 6 columns" in md
@@ -246,3 +252,22 @@ def test_ablations_are_extra_generative_variants_with_their_overrides(tmp_path):
         load_grid_spec(write_spec(tmp_path, ablations={"pod": {"base": "pod", "set": ["model.n_heads=1"]}}))
     with pytest.raises(GridError, match="unknown variant"):
         load_grid_spec(write_spec(tmp_path, variants=["peapod-k9"]))
+
+
+def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_share_a_run(tmp_path):
+    from peapod.grid import _generative_overrides
+    from peapod.grid.run import run_key
+
+    spec = load_grid_spec(write_spec(tmp_path, variants=["p5", "pod"], variant_set={"p5": ["train.lr=0.5"]}))
+    p5, pod = (Cell("demo", v, "legacy", 0) for v in ("p5", "pod"))
+    assert "train.lr=0.5" in _generative_overrides(spec, p5, ["sequential"])
+    assert "train.lr=0.5" not in _generative_overrides(spec, pod, ["sequential"])
+    legacy, rigorous = Cell("demo", "pod", "legacy", 1), Cell("demo", "pod", "rigorous", 1)
+    assert run_key(spec, legacy) != run_key(spec, rigorous)  # p5-sequential vs random indexing: two models
+    shared = load_grid_spec(write_spec(tmp_path, indexing={"legacy": "random", "rigorous": "random"}))
+    assert run_key(shared, legacy) == run_key(shared, rigorous) == "demo__pod__legacy__seed1"
+    over = _generative_overrides(shared, rigorous, ["sequential"])
+    assert "index.strategy=random" in over and "eval.protocol=legacy" in over  # the shared run's config
+    assert run_key(shared, Cell("demo", "popularity", "any", 0)) == "demo__popularity__any__seed0"
+    with pytest.raises(GridError, match="variant_set names sasrec"):
+        load_grid_spec(write_spec(tmp_path, variant_set={"sasrec": ["train.lr=0.5"]}))
