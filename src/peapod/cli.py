@@ -8,27 +8,20 @@ from pathlib import Path
 
 import typer
 
+from peapod.cli_bench import bench_app
+from peapod.cli_common import _split_list, fail, print_json
 from peapod.data.dataset import DataError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="PeaPOD: personalized generative recommendation.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and fetch datasets.")
 app.add_typer(data_app, name="data")
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print one clear error line and exit."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+app.add_typer(bench_app, name="bench")
 
 
 @app.command("train")
 def train_command(
     config: str = typer.Option(None, "--config", "-c", help="YAML run configuration (configs/*.yaml)."),
-    data: str = typer.Option(None, "--data", help="P5 directory, interactions table, or 'demo'; overrides data.path."),
+    data: str = typer.Option(None, "--data", help="P5 directory, interactions table, 'demo' or 'demo-toys'; overrides data.path."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory to write."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint exactly where it stopped."),
@@ -62,8 +55,10 @@ def train_command(
     except ConfigError as e:
         fail(str(e))
     if cfg.data.path is None:
-        fail("no data: set data.path in the config or pass --data (a P5 directory, a table, or 'demo')")
-    if cfg.data.path != "demo" and not Path(cfg.data.path).exists():
+        fail("no data: set data.path in the config or pass --data (a P5 directory, a table, 'demo' or 'demo-toys')")
+    from peapod.data.loaders import is_embedded
+
+    if not is_embedded(cfg.data.path) and not Path(cfg.data.path).exists():
         fail(f"data path does not exist: {cfg.data.path}")
     from peapod.model.peapod import PRESETS
 
@@ -86,7 +81,7 @@ def train_command(
 
 
 @data_app.command("stats")
-def data_stats(path: str = typer.Argument(..., help="'demo', a P5 directory, or a .csv/.tsv/.parquet table.")) -> None:
+def data_stats(path: str = typer.Argument(..., help="'demo' / 'demo-toys' (embedded), a P5 directory, or a .csv/.tsv/.parquet table.")) -> None:
     """Print a dataset's counts (users, items, interactions, explanations per split) as JSON."""
     from peapod.data.loaders import load_dataset
 
@@ -169,16 +164,6 @@ def data_download(
 
 # Evaluation ------------------------------------------------------------------------------------
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
-app.add_typer(bench_app, name="bench")
-
-
-def _split_list(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 @app.command("evaluate")
 def evaluate_command(
     run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
@@ -194,14 +179,20 @@ def evaluate_command(
     mask_history: bool = typer.Option(False, "--mask-history", help="Remove history items from full/constrained sequential rankings."),
     truncate_references: int = typer.Option(None, "--truncate-references", help="Legacy BLEU/ROUGE references cut to N tokenizer ids (0: none; default 20 for legacy, none for rigorous)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Requests per encoder pass (default: the run config's eval.batch_size)."),
-    data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table or 'demo') for a model directory without a run config."),
+    data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table, 'demo' or 'demo-toys') for a model directory without a run config."),
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     out: str = typer.Option(None, "--out", "-o", help="Metrics file to write (default: RUN_DIR/metrics.json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
     from peapod.evaluate.inference import EXPLANATION_DECODINGS
-    from peapod.evaluate.runner import PROTOCOLS, SEQ_DECODINGS, TOPN_DECODINGS, evaluate_run, format_table
+    from peapod.evaluate.runner import (
+        PROTOCOLS,
+        SEQ_DECODINGS,
+        TOPN_DECODINGS,
+        evaluate_run,
+        format_table,
+    )
 
     task_list = _split_list(tasks) or []
     known_tasks = {"seq", "sequential", "topn", "top-n", "exp", "explanation"}
@@ -253,187 +244,6 @@ def evaluate_command(
     typer.echo(format_table(result))
     target = out or str(Path(result["model"]["run_dir"] or result["model"]["dir"]) / "metrics.json")
     typer.echo(f"wrote {target}", err=True)
-
-
-@bench_app.command("eval-speed")
-def bench_eval_speed(
-    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory."),
-    max_users: int = typer.Option(100, "--max-users", help="Users evaluated by every method."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Requests per encoder pass."),
-    split: str = typer.Option("test", "--split", help="val | test."),
-    threads: int = typer.Option(None, "--threads", help="torch intra-op threads (1 gives stable timings on a shared machine)."),
-    repeats: int = typer.Option(1, "--repeats", help="Runs per method; the fastest is reported."),
-    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
-    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
-) -> None:
-    """Time top-n beam vs exact scoring and sequential beam vs exact full ranking on the same users."""
-    if max_users < 1 or batch_size < 1 or repeats < 1 or (threads is not None and threads < 1):
-        fail("--max-users, --batch-size, --repeats and --threads must be >= 1")
-    _check_model_bench_args(run_dir, split)
-    from peapod.evaluate.bench import format_speed_table, run_eval_speed
-
-    try:
-        result = run_eval_speed(run_dir, max_users=max_users, batch_size=batch_size, split=split, threads=threads, data=data, repeats=repeats)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    _emit_bench_result(result, format_speed_table(result), out)
-
-
-def _check_model_bench_args(run_dir: str, split: str) -> None:
-    if split not in ("val", "test"):
-        fail(f"--split must be val or test; got {split!r}")
-    if not Path(run_dir).exists():
-        fail(f"no such run or model directory: {run_dir}")
-
-
-def _emit_bench_result(result: dict, table: str, out: str | None) -> None:
-    """The JSON result, then its table; also written to `out` when given."""
-    from peapod.io import write_json_atomic
-
-    print_json(result)
-    typer.echo("")
-    typer.echo(table)
-    if out:
-        write_json_atomic(out, result)
-
-
-@bench_app.command("user-prompts")
-def bench_user_prompts(
-    run_dir: str = typer.Argument(..., help="Run directory (its best/ model) or a model directory of a peapod variant."),
-    max_users: int = typer.Option(1000, "--max-users", help="First N users of the split (0: all)."),
-    permutations: int = typer.Option(1, "--permutations", help="Random user permutations to average."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first permutation."),
-    tasks: str = typer.Option("sequential,topn", "--tasks", help="Comma-separated ranking tasks: sequential, topn."),
-    split: str = typer.Option("test", "--split", help="val | test."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Requests per encoder pass."),
-    data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
-    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
-) -> None:
-    """Does the model use its personalized prompt? Metrics with own vs permuted users' prompts."""
-    if max_users < 0 or permutations < 1 or batch_size < 1:
-        fail("--max-users must be >= 0, --permutations and --batch-size >= 1")
-    _check_model_bench_args(run_dir, split)
-    from peapod.evaluate.prompt_ablation import format_ablation_table, run_user_prompt_ablation
-
-    try:
-        result = run_user_prompt_ablation(
-            run_dir, tasks=tuple(_split_list(tasks) or ()), split=split, max_users=max_users or None,
-            permutations=permutations, seed=seed, batch_size=batch_size, data=data,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    _emit_bench_result(result, format_ablation_table(result), out)
-
-
-@bench_app.command("retrieval")
-def bench_retrieval(
-    data: str = typer.Argument(..., help="Dataset with explanations: a P5 directory (e.g. from `data from-reviews`), a table, or 'demo'."),
-    split: str = typer.Option("test", "--split", help="val | test."),
-    max_records: int = typer.Option(0, "--max-records", help="First N explanation records of the split (0: all)."),
-    reference_tokenizer: str = typer.Option(None, "--reference-tokenizer", help="A run directory whose tokenizer cuts legacy references to 20 ids, as `evaluate --protocol legacy` does."),
-    out: str = typer.Option(None, "--out", "-o", help="Metrics file (default runs/retrieval/<dataset>/metrics.json)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Explanation baseline: the item's training sentence closest to the user's (TF-IDF); writes a metrics JSON."""
-    from peapod.baselines.retrieval import evaluate_retrieval
-    from peapod.data.loaders import load_dataset
-    from peapod.evaluate.runner import format_table
-    from peapod.io import write_json_atomic
-
-    if split not in ("val", "test"):
-        fail(f"--split must be val or test; got {split!r}")
-    if max_records < 0:
-        fail("--max-records must be >= 0")
-    try:
-        ds = load_dataset(data)
-        if not ds.explanations:
-            fail(f"{data} has no explanation records (explanation.json / explanation.jsonl)")
-        result = evaluate_retrieval(ds, split, max_records=max_records or None, reference_tokenizer=reference_tokenizer,
-                                    data_path=data, progress=not quiet and sys.stderr.isatty())
-    except (FileNotFoundError, ValueError, OSError) as e:  # DataError is a ValueError
-        fail(str(e))
-    target = Path(out) if out else Path("runs") / "retrieval" / ds.name / "metrics.json"
-    write_json_atomic(target, result)
-    typer.echo(format_table(result))
-    typer.echo(f"wrote {target}", err=True)
-
-
-def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
-    from peapod.grid import GridError, load_grid_spec, plan_cells
-
-    try:
-        spec = load_grid_spec(spec_path)
-        seed_list = [int(x) for x in _split_list(seeds)] if seeds else None
-        cells = plan_cells(spec, _split_list(datasets), _split_list(variants), _split_list(protocols), seed_list)
-    except GridError as e:
-        fail(str(e))
-    except ValueError:
-        fail(f"--seeds takes comma-separated integers; got {seeds!r}")
-    return spec, cells, seed_list
-
-
-@bench_app.command("grid")
-def bench_grid(
-    spec_path: str = typer.Argument(..., help="Grid spec YAML (benchmarks/grids/*.yaml)."),
-    datasets: str = typer.Option(None, "--datasets", help="Comma-separated subset of the spec's datasets."),
-    variants: str = typer.Option(None, "--variants", help="Comma-separated: p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec, retrieval."),
-    protocols: str = typer.Option(None, "--protocols", help="Comma-separated: legacy, rigorous."),
-    seeds: str = typer.Option(None, "--seeds", help="Comma-separated subset of the spec's seeds."),
-    out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
-    markdown: str = typer.Option(None, "--markdown", help="Update this file's section for the grid after every cell (e.g. BENCHMARKS.md)."),
-    force: bool = typer.Option(False, "--force", help="Recompute the selected cells even when they have results."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and whether each is done; run nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-) -> None:
-    """Run a benchmark grid ({dataset} x {variant} x {protocol} x {seed}); finished cells are never recomputed."""
-    from tqdm.auto import tqdm
-
-    from peapod.grid import GridError, grid_markdown, load_results, run_grid, update_markdown_section
-
-    spec, cells, seed_list = _grid_selection(spec_path, datasets, variants, protocols, seeds)
-    out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
-    if dry_run:
-        for c in cells:
-            done = (out_dir / "cells" / f"{c.key}.json").is_file()
-            typer.echo(f"{'done ' if done else 'to do'}  {c.dataset:<10} {c.variant:<17} {c.protocol:<9} seed {c.seed}")
-        return
-    bar = tqdm(total=len(cells), desc=f"grid {spec.name}", unit="cell", disable=quiet or not sys.stderr.isatty())
-
-    def on_cell(cell, result, computed):
-        bar.update(1)
-        seq = result["tasks"].get("sequential", {}).get("metrics", {})
-        typer.echo(f"{'ran ' if computed else 'kept'} {cell.key}: seq NDCG@10 {seq.get('NDCG@10', float('nan')) * 100:.2f}%  "
-                   f"({result['wall_seconds']:.0f}s)", err=True)
-        if markdown:
-            update_markdown_section(markdown, spec.name, grid_markdown(load_results(out_dir), spec, spec_path))
-
-    try:
-        run_grid(spec_path, out_dir, _split_list(datasets), _split_list(variants), _split_list(protocols),
-                 seed_list, force=force, progress=not quiet, on_cell=on_cell)
-    except GridError as e:
-        fail(str(e))
-    finally:
-        bar.close()
-    typer.echo(grid_markdown(load_results(out_dir), spec, spec_path))
-
-
-@bench_app.command("report")
-def bench_report(
-    spec_path: str = typer.Argument(..., help="Grid spec YAML."),
-    out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
-    markdown: str = typer.Option(None, "--markdown", help="Write the section into this file (e.g. BENCHMARKS.md) instead of printing it."),
-) -> None:
-    """Aggregate a grid's finished cells into Markdown tables (POD anchors, ratios, targets)."""
-    from peapod.grid import grid_markdown, load_results, update_markdown_section
-
-    spec, _, _ = _grid_selection(spec_path, None, None, None, None)
-    out_dir = Path(out) if out else Path("benchmarks/results") / spec.name
-    text = grid_markdown(load_results(out_dir), spec, spec_path)
-    if markdown:
-        update_markdown_section(markdown, spec.name, text)
-        typer.echo(f"updated {markdown}", err=True)
-    else:
-        typer.echo(text)
 
 
 # Serving ---------------------------------------------------------------------------------------
@@ -571,7 +381,7 @@ def demo(
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     stats_only: bool = typer.Option(False, "--stats-only", help="Only print the dataset stats (no training)."),
 ) -> None:
-    """The whole path on the embedded demo data: dataset stats, training (tiny T5), evaluation under the
+    """The whole path on the embedded demo data: dataset stats, training (the laptop recipe, configs/demo.yaml), evaluation under the
     legacy and rigorous protocols, one user's top-10 with an explanation, and a run report with plots."""
     from peapod.data.loaders import describe_demo
 
