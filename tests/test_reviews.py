@@ -327,3 +327,12 @@ def test_amazon_musical_instruments(shared, tmp_path):
     train = ds.explanations_for("train")
     assert {e.user for e in ds.explanations} <= {e.user for e in train}
     assert {e.item for e in ds.explanations} <= {e.item for e in train}
+    # The embedded `demo` is this conversion, shipped unchanged (benchmarks/make_demo_data.py).
+    shipped = Path(__file__).resolve().parents[1] / "src" / "peapod" / "data" / "demo"
+    for name in ("sequential_data.txt", "datamaps.json", "explanation.jsonl", "feature_lexicon.tsv"):
+        assert (out / name).read_bytes() == (shipped / name).read_bytes(), name
+    shipped_stats = json.loads((shipped / "reviews_stats.json").read_text())
+    assert shipped_stats["source"].pop("path") == "../shared/data/amazon-mi/reviews_Musical_Instruments_5.json.gz"
+    stats = json.loads((out / "reviews_stats.json").read_text())
+    stats["source"].pop("path")
+    assert stats == shipped_stats

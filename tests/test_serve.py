@@ -1,6 +1,6 @@
 """Serving: the `peapod.Recommender` Python API, the micro-batcher, the CLI and the real HTTP server.
 
-One tiny trainer run on the embedded demo data (20 steps) is shared by every test of the module; the
+One tiny trainer run (configs/tiny.yaml: the embedded demo-toys data, 20 steps) is shared by every test of the module; the
 HTTP tests start `peapod serve` in a subprocess on a free loopback port.
 """
 
@@ -29,15 +29,16 @@ SERVER_START_TIMEOUT_S = 180
 # ---- one tiny trained run ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from peapod.serve.demo import TINY_CONFIG
-    from peapod.train.config import RunConfig
+    from peapod.train.config import load_config
     from peapod.train.trainer import train
 
-    raw = json.loads(json.dumps(TINY_CONFIG))
-    raw["model"]["cf_iterations"] = 3
-    raw["train"].update(max_steps=20, epochs=1, val_max_users=30, batch_size=8, checkpoint_every=1000)
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        ["model.cf_iterations=3", "train.max_steps=20", "train.epochs=1", "train.val_max_users=30", "train.batch_size=8",
+         "train.checkpoint_every=1000"],
+    )
     out = tmp_path_factory.mktemp("serverun") / "run"
-    train(RunConfig.model_validate(raw), out, quiet=True)
+    train(cfg, out, quiet=True)
     return out
 
 
@@ -60,7 +61,10 @@ def test_import_peapod_stays_light():
 
 def test_info(rec):
     info = rec.info()
-    assert info["catalogue_size"] == 6135 and info["users"] == 878 and info["dataset"] == "demo"
+    from peapod.data import load_dataset
+
+    demo = load_dataset("demo-toys")
+    assert info["catalogue_size"] == demo.n_items and info["users"] == demo.n_users and info["dataset"] == "demo-toys"
     assert info["variant"] == "peapod" and info["indexing"] == "p5-sequential"
     assert info["model"]["backbone"] == "tiny" and info["max_history"] == 10
     assert info["limits"] == {"k": [1, 100], "history": [1, MAX_HISTORY], "candidates": [1, MAX_CANDIDATES]}
@@ -173,7 +177,7 @@ def test_errors_and_bounds(rec):
     with pytest.raises(ValueError, match="candidates"):
         rec.rank(user, [])
     with pytest.raises(ValueError, match="candidates"):
-        rec.rank(user, rec.dataset.item_ids[: MAX_CANDIDATES + 1])
+        rec.rank(user, [item] * (MAX_CANDIDATES + 1))  # the length is checked first (the demo has fewer items)
     with pytest.raises(ValueError, match="distinct"):
         rec.rank(user, [item, item])
     with pytest.raises(ValueError, match="user id, a history"):
@@ -313,7 +317,7 @@ def server(run_dir, tmp_path_factory):
 
 def test_http_endpoints(server, rec):
     health = server.get("/health").json()
-    assert health["status"] == "ok" and health["catalogue_size"] == 6135 and health["indexing"] == "p5-sequential"
+    assert health["status"] == "ok" and health["catalogue_size"] == rec.dataset.n_items and health["indexing"] == "p5-sequential"
     assert health["model"]["variant"] == "peapod" and set(health["batching"]["endpoints"]) == {"recommend", "rank", "explain"}
 
     user = _user_with_history(rec)

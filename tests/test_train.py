@@ -1,8 +1,8 @@
-"""Training: task samplers and schedules, the `configs/tiny.yaml` acceptance run on the demo data,
+"""Training: task samplers and schedules, the `configs/tiny.yaml` acceptance run on the demo-toys data,
 exact resume after SIGKILL, crash leftovers, and a 2-process torchrun (gloo) run on CPU.
 
 The acceptance run uses the real tiny.yaml through the `peapod train` command. The resume and
-distributed runs use a 60-user P5 directory cut from the embedded demo data, so they take seconds.
+distributed runs use a 60-user P5 directory cut from the embedded demo-toys data, so they take seconds.
 Subprocesses run with one math thread each: the machine has two cores, and bit-exact comparisons
 need the same thread count on both sides.
 """
@@ -59,8 +59,8 @@ def demo():
 
 
 def _make_mini_p5(dst: Path, n_users: int = 60) -> Path:
-    """The first `n_users` users of the embedded demo as a P5 directory (sequences + their explanations)."""
-    root = resources.files("peapod.data").joinpath("demo")
+    """The first `n_users` users of the embedded demo-toys data as a P5 directory (sequences + their explanations)."""
+    root = resources.files("peapod.data").joinpath("demo_toys")
     lines = root.joinpath("sequential_data.txt").read_text(encoding="utf-8").splitlines()[:n_users]
     users = {line.split()[0] for line in lines}
     items = {i for line in lines for i in line.split()[1:]}
@@ -222,8 +222,11 @@ def test_mixed_schedule_mixes_tasks_within_batches(demo):
 
 
 def test_explanation_validation_is_held_out_from_training(demo):
-    ds, _ = demo
-    assert ds.explanations_for("val") == []  # the demo has none, so a seeded fraction is held out
+    given, _ = demo  # the demo has validation records: they are the validation set, all training records are trained on
+    assert split_explanations(given, 0.1, 0) == (given.explanations_for("train"), given.explanations_for("val"))
+    assert given.explanations_for("val")
+    ds = load_dataset("demo-toys")
+    assert ds.explanations_for("val") == []  # demo-toys has none, so a seeded fraction is held out
     train_a, val_a = split_explanations(ds, 0.1, 0)
     train_b, val_b = split_explanations(ds, 0.1, 0)
     assert (train_a, val_a) == (train_b, val_b)
@@ -259,7 +262,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == 0.0
 
 
-# ---- the acceptance run: configs/tiny.yaml on the demo data -----------------------------------
+# ---- the acceptance run: configs/tiny.yaml on the demo-toys data --------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny") / "run"
@@ -276,7 +279,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_yaml_trains_and_every_task_val_loss_goes_down(tiny_run, record_property):
     run, summary, elapsed, proc = tiny_run
     record_property("tiny_yaml_seconds", round(elapsed, 1))
-    print(f"tiny.yaml on demo: {elapsed:.1f}s wall ({summary['wall_seconds']}s in the training loop)")
+    print(f"tiny.yaml on demo-toys: {elapsed:.1f}s wall ({summary['wall_seconds']}s in the training loop)")
     if os.environ.get("PEAPOD_CHECK_TIMING"):  # the 2-minute budget, on a machine nobody else is using
         assert elapsed < 120
     cfg = load_config(TINY)
@@ -303,8 +306,8 @@ def test_run_directory_layout(tiny_run):
     # The resolved configuration, and it reads back as the same config (what --resume does).
     assert json.loads((run / "config.json").read_text()) == json.loads(json.dumps(cfg.model_dump()))
     assert load_config(run / "config.json") == cfg
-    # The demo ships its own 1+99 candidates: the run keeps exactly those.
-    shipped = resources.files("peapod.data").joinpath("demo", "negative_samples.txt").read_text()
+    # The embedded data ships its own 1+99 candidates: the run keeps exactly those.
+    shipped = resources.files("peapod.data").joinpath("demo_toys", "negative_samples.txt").read_text()
     assert (run / "negative_samples.txt").read_text() == shipped
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 

@@ -10,27 +10,45 @@ from peapod.data.p5 import load_p5_dir, load_p5_from
 from peapod.data.table import TABLE_SUFFIXES, load_interactions_table
 
 DEMO_NAME = "demo"
+#: The embedded datasets, by name: the folder of `peapod/data/` each is read from (see its README.md).
+#: `demo`: Amazon Musical Instruments 5-core, converted by `peapod data from-reviews` (1,429 users, all
+#: three tasks with splits); `demo-toys`: 878 users of the P5 Amazon Toys & Games data (P5 ids).
+EMBEDDED = {"demo": "demo", "demo-toys": "demo_toys"}
 
 
-def load_demo() -> Dataset:
-    """The embedded demo: 878 Amazon Toys & Games users with explanations and negatives (see data/demo/README.md)."""
-    root = resources.files("peapod.data").joinpath("demo")
-    return load_p5_from(root, "peapod:data/demo", DEMO_NAME)
+def is_embedded(name: str | Path) -> bool:
+    """Whether `name` names an embedded dataset (`demo`, `demo-toys`) rather than a path."""
+    return str(name) in EMBEDDED
+
+
+def _expected() -> str:
+    return ", ".join(f"'{n}'" for n in EMBEDDED)
+
+
+def load_demo(name: str = DEMO_NAME) -> Dataset:
+    """An embedded dataset: `demo` (Amazon Musical Instruments, see data/demo/README.md) by default, or
+    `demo-toys` (878 Amazon Toys & Games users, see data/demo_toys/README.md); both with explanations and
+    fixed negatives."""
+    if name not in EMBEDDED:
+        raise DataError(f"unknown embedded dataset (expected one of {_expected()})", str(name))
+    folder = EMBEDDED[name]
+    root = resources.files("peapod.data").joinpath(folder)
+    return load_p5_from(root, f"peapod:data/{folder}", name)
 
 
 def load_dataset(path_or_name: str | Path, *, seed: int = 0) -> Dataset:
-    """`demo`, a P5-format directory, or a .csv/.tsv/.parquet interaction table."""
-    if str(path_or_name) == DEMO_NAME:
-        return load_demo()
+    """`demo` / `demo-toys` (embedded), a P5-format directory, or a .csv/.tsv/.parquet interaction table."""
+    if is_embedded(path_or_name):
+        return load_demo(str(path_or_name))
     path = Path(path_or_name)
     if path.is_dir():
         return load_p5_dir(path, seed=seed)
     if path.suffix.lower() in TABLE_SUFFIXES:
         return load_interactions_table(path, seed=seed)
     if not path.exists():
-        raise DataError(f"no such file or directory (expected '{DEMO_NAME}', a P5 directory or a table)", str(path))
+        raise DataError(f"no such file or directory (expected {_expected()}, a P5 directory or a table)", str(path))
     raise DataError(
-        f"unknown dataset format; expected '{DEMO_NAME}', a P5 directory or a {'/'.join(TABLE_SUFFIXES)} file",
+        f"unknown dataset format; expected {_expected()}, a P5 directory or a {'/'.join(TABLE_SUFFIXES)} file",
         str(path),
     )
 
@@ -54,6 +72,6 @@ def describe_dataset(ds: Dataset) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def describe_demo() -> str:
-    """The `peapod demo` summary of the embedded dataset."""
-    return describe_dataset(load_demo())
+def describe_demo(name: str = DEMO_NAME) -> str:
+    """The `peapod demo` summary of an embedded dataset (`demo` unless named)."""
+    return describe_dataset(load_demo(name))

@@ -40,7 +40,7 @@ Details that matter for comparability:
   deviation when there is more than one seed. Everything is deterministic for a given seed.
 
 Where the data comes from: a run directory's `config.json` names the dataset (`data.path`, possibly
-`demo`) and its `negative_samples.txt` holds the fixed candidates. For a bare model directory, pass
+an embedded `demo` / `demo-toys`) and its `negative_samples.txt` holds the fixed candidates. For a bare model directory, pass
 `data`; candidates then come from `<model dir>/negative_samples.txt` if present, else the dataset's
 own negatives (e.g. the demo's), else a seeded sample (seed 0) written to `<model dir>/
 negative_samples.txt` so later evaluations reuse it.
@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 import peapod
 from peapod.data.dataset import Dataset, Explanation
-from peapod.data.loaders import load_dataset
+from peapod.data.loaders import is_embedded, load_dataset
 from peapod.data.negatives import ensure_negatives, read_negatives
 from peapod.evaluate.inference import EXPLANATION_DECODINGS, Predictor, Request, normalize_task, resolve_model_dir
 from peapod.evaluate.metrics import metrics_from_ranked_lists, percent_scale, rank_of_target, ranking_metrics
@@ -143,10 +143,10 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
     data_path = data
     if data_path is None and cfg is not None:
         data_path = cfg.get("data", {}).get("path")
-    if data_path is None and bundle.extra.get("dataset") == "demo":
-        data_path = "demo"
+    if data_path is None and is_embedded(bundle.extra.get("dataset", "")):
+        data_path = bundle.extra["dataset"]  # an embedded dataset is found by its name
     if data_path is None:
-        raise ValueError(f"{path}: no dataset known for this model; pass --data (a P5 directory, a table, or 'demo')")
+        raise ValueError(f"{path}: no dataset known for this model; pass --data (a P5 directory, a table, 'demo' or 'demo-toys')")
     ds = load_dataset(data_path)
     if ds.user_ids != bundle.user_ids or ds.item_ids != bundle.item_ids:
         raise ValueError(

@@ -136,9 +136,9 @@ class Recommender:
 
         Args:
             device: "cpu", "cuda" (or "cuda:N"); None picks CUDA when available.
-            data: the dataset the model was trained on ('demo', a P5 directory, a table, or a loaded
-                `Dataset`); default the run's `config.json` `data.path` (a bare model trained on the
-                demo data finds it too). Needed for known users' histories.
+            data: the dataset the model was trained on ('demo', 'demo-toys', a P5 directory, a table, or a loaded
+                `Dataset`); default the run's `config.json` `data.path` (a bare model trained on an
+                embedded dataset finds it by name too). Needed for known users' histories.
             max_history: most recent history items written into a sequential input; default the
                 run's `train.max_history` (a bare model directory, without its run, defaults to 20).
             warm_up: build the item structures (prefix tree) now rather than on the first call.
@@ -147,7 +147,7 @@ class Recommender:
             FileNotFoundError: no model at `path`. ValueError: no dataset can be determined, or it is
             not the one the model was trained on. DataError: unreadable data.
         """
-        from peapod.data.loaders import load_dataset
+        from peapod.data.loaders import is_embedded, load_dataset
 
         model_dir, run_dir, cfg = resolve_model_dir(path)
         kwargs = {} if max_history is None else {"max_history": int(max_history)}
@@ -159,12 +159,12 @@ class Recommender:
             data_path = str(data) if data is not None else None
             if data_path is None and cfg is not None:
                 data_path = cfg.get("data", {}).get("path")
-            if data_path is None and predictor.bundle.extra.get("dataset") == "demo":
-                data_path = "demo"
+            if data_path is None and is_embedded(predictor.bundle.extra.get("dataset", "")):
+                data_path = predictor.bundle.extra["dataset"]  # an embedded dataset is found by its name
             if data_path is None:
                 raise ValueError(
                     f"{path}: no dataset known for this model (needed for users' histories); "
-                    "pass data= (a P5 directory, a table, or 'demo')"
+                    "pass data= (a P5 directory, a table, 'demo' or 'demo-toys')"
                 )
             ds = load_dataset(data_path)
         rec = cls(predictor, ds, model_dir=model_dir, run_dir=run_dir, data_path=data_path)
