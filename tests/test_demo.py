@@ -1,4 +1,4 @@
-"""`peapod demo`: the built-in config equals configs/tiny.yaml, --out safety, and a --quick run end to end."""
+"""`peapod demo`: the built-in config equals configs/demo.yaml (the laptop recipe's levers), --out safety, and a --quick run end to end."""
 
 from __future__ import annotations
 
@@ -10,21 +10,37 @@ import yaml
 from typer.testing import CliRunner
 
 from peapod.cli import app
-from peapod.serve.demo import DEMO_OUTPUTS, TINY_CONFIG, demo_config, prepare_out_dir
+from peapod.data import load_dataset
+from peapod.serve.demo import DEMO_CONFIG, DEMO_OUTPUTS, demo_config, prepare_out_dir
 from peapod.train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_builtin_config_equals_configs_tiny_yaml():
-    path = REPO / "configs" / "tiny.yaml"
+LEVERS = {
+    "index": ["strategy"],
+    "model": ["variant", "composer", "backbone", "topn_input", "item_targets", "item_init"],
+    "train": ["input_encoding", "seq_positions", "item_softmax", "select_by", "max_history"],
+}
+
+
+def test_builtin_config_equals_configs_demo_yaml_and_uses_the_laptop_levers():
+    path, laptop = REPO / "configs" / "demo.yaml", REPO / "configs" / "laptop.yaml"
     if not path.is_file():
-        pytest.skip("configs/tiny.yaml not in this checkout")
-    assert TINY_CONFIG == yaml.safe_load(path.read_text(encoding="utf-8"))
+        pytest.skip("configs/demo.yaml not in this checkout")
+    assert DEMO_CONFIG == yaml.safe_load(path.read_text(encoding="utf-8"))
     assert demo_config() == load_config(path)
+    recipe = load_config(laptop)
+    for section, keys in LEVERS.items():
+        for key in keys:
+            assert getattr(getattr(demo_config(), section), key) == getattr(getattr(recipe, section), key), f"{section}.{key}"
     quick = demo_config(quick=True)
     assert quick.train.max_steps and quick.data.path == "demo"
+
+
+def _demo_users() -> str:
+    return f"{load_dataset('demo').n_users:,}"
 
 
 def test_out_dir_must_be_empty_unless_forced(tmp_path):
@@ -37,7 +53,7 @@ def test_out_dir_must_be_empty_unless_forced(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: output directory")
-    assert "878" in r.stdout  # the dataset stats still come first
+    assert _demo_users() in r.stdout or _demo_users().replace(",", "") in r.stdout  # the dataset stats still come first
     prepare_out_dir(out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # only demo outputs are removed
     assert "log.jsonl" in DEMO_OUTPUTS
@@ -54,7 +70,8 @@ def test_demo_quick_end_to_end(tmp_path):
     text = r.stdout
     # dataset stats first, then metrics of both protocols, a top-10 and an explanation
     assert text.index("users") < text.index("interactions") < text.index("metrics")
-    assert "878" in text.split("metrics")[0]
+    head = text.split("metrics")[0]
+    assert _demo_users() in head or _demo_users().replace(",", "") in head
     assert "legacy" in text and "rigorous" in text and "HR@10" in text and "BLEU-4" in text
     assert "top-10 for user" in text
     assert sum(1 for line in text.splitlines() if "log-likelihood" in line) == 10
@@ -68,7 +85,8 @@ def test_demo_quick_end_to_end(tmp_path):
 
     report = (out / "report.md").read_text()
     assert "![training curves](training_curves.png)" in report and "![metrics by task](metrics.png)" in report
-    assert "| task | metric | legacy | rigorous |" in report
+    assert "| task | metric | legacy | rigorous | popularity |" in report
+    assert "popularity" in text.split("top-10 for user")[0]  # a column of the printed table
     for name in ("training_curves.png", "metrics.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC
@@ -80,5 +98,5 @@ def test_stats_only_prints_the_dataset_and_writes_nothing(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["demo", "--stats-only"])
     assert r.exit_code == 0, r.output
-    assert "878" in r.stdout and "train 485 / val 0 / test 491" in r.stdout and "training" not in r.stdout
+    assert "1,429" in r.stdout and "train 7,788 / val 741 / test 665" in r.stdout and "training" not in r.stdout
     assert list(tmp_path.iterdir()) == []
