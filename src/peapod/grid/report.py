@@ -178,8 +178,9 @@ def grid_markdown(results: list[dict], spec: GridSpec | None = None, spec_path: 
     lines = []
     if spec is not None:
         lines += [f"Grid `{spec.name}`: `{spec_path}`, run config `{spec.config}`, budget per training run "
-                  f"{spec.budget.max_steps or '–'} steps / {spec.budget.max_minutes or '–'} min, evaluation on the first "
-                  f"{spec.eval.max_users or 'all'} users of the {spec.eval.split} split. {spec.description}".rstrip(), ""]
+                  f"{spec.budget.max_steps or '–'} steps / {spec.budget.max_minutes or '–'} min, evaluation on "
+                  f"{f'the first {spec.eval.max_users}' if spec.eval.max_users else 'all'} users of the {spec.eval.split} split. "
+                  f"{spec.description}".rstrip(), ""]
     lines += [f"Measured on {'; '.join(machines)}, {dates[0]} to {dates[-1]}, peapod {results[-1]['peapod_version']}. "
               "Ranking metrics in %, BLEU/ROUGE as computed (percent), FHR in %. Multi-seed rows: mean ± sample std. "
               "Baselines score items exactly (no decoding), so one run serves both protocols.", ""]

@@ -246,12 +246,14 @@ def run_grid(
         if name in {c.dataset for c in cells} and not is_embedded(path) and not Path(path).exists():
             raise GridError(f"dataset {name}: {path} does not exist")
     results = []
+    cleared: set[str] = set()  # a training run shared by two protocols is recomputed once, not twice
     for cell in cells:
         path = out / "cells" / f"{cell.key}.json"
         if path.is_file() and not force:
             result, computed = json.loads(path.read_text()), False
         else:
-            if force:
+            if force and run_key(spec, cell) not in cleared:
+                cleared.add(run_key(spec, cell))
                 shutil.rmtree(out / "runs" / run_key(spec, cell), ignore_errors=True)
             result, computed = run_cell(spec, spec_path, cell, out, progress), True
         results.append(result)
