@@ -263,3 +263,24 @@ def test_validation_ndcg_ranks_the_first_target_among_all_items(demo, atomic_mod
     rank = (logits >= logits.gather(1, target_col[:, None])).sum(1) - 1
     expected = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(20))
     assert torch.allclose(restricted, expected, atol=1e-6) and torch.allclose(full, expected, atol=1e-6)
+
+
+# ---- the laptop grid: a tiny smoke cell -----------------------------------------------------------
+def test_laptop_grid_smoke_cell_runs_the_recipe_with_atomic_items(tmp_path):
+    import yaml
+
+    from peapod.grid import load_grid_spec, run_grid
+
+    spec = yaml.safe_load((ROOT / "benchmarks" / "grids" / "laptop.yaml").read_text())
+    spec.update(config=str(LAPTOP), datasets={"demo": "demo"}, budget={"max_steps": 3}, eval={"max_users": 8},
+                set=[s for s in SMALL if not s.startswith("data.path")])
+    path = tmp_path / "laptop-smoke.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_grid_spec(path).indexing == {"rigorous": "atomic"}
+    (cell,) = run_grid(path, tmp_path / "out", variants=["no-cf-init"], seeds=[0])
+    assert cell["cell"] == {"dataset": "demo", "variant": "no-cf-init", "protocol": "rigorous", "seed": 0}
+    assert cell["evaluation"]["indexing"] == "atomic" and cell["training"]["steps"] == 3
+    cfg = cell["config"]
+    assert cfg["model"]["item_init"] == "random" and cfg["model"]["item_targets"] == 5  # the ablation's one switch
+    assert cfg["train"]["input_encoding"] == "ids" and cfg["model"]["backbone"] == "tiny"
+    assert cell["tasks"]["sequential"]["decoding"] == "full" and cell["tasks"]["topn"]["decoding"] == "score"
