@@ -4,7 +4,7 @@ Two models, both tiny and CPU-only:
 * `memorized`: a 12-user / 15-item synthetic dataset; the model is trained (a plain torch loop, no
   dropout, fixed inputs) on exactly the evaluation inputs until it reproduces every target, so the
   true item must come first under exact scoring, full-catalogue search and constrained beam search.
-* `run_dir`: one short trainer run on the embedded demo data (20 steps), shared by the protocol,
+* `run_dir`: one short trainer run on the embedded demo-toys data (configs/tiny.yaml, 20 steps), shared by the protocol,
   metrics-file and CLI tests.
 """
 
@@ -204,7 +204,7 @@ def test_random_fill_changes_only_invalid_entries():
         assert all(0 <= y < 10 for y in b)
 
 
-# ---- a short trainer run on the demo data -------------------------------------------------------
+# ---- a short trainer run on the demo-toys data ----------------------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from peapod.train.config import load_config
@@ -251,7 +251,7 @@ def test_metrics_file_has_every_protocol_field(run_dir, setup):
             assert key in written, key
         assert written["protocol"] == protocol and written["split"] == "test" and written["seeds"] == [0, 1]
         assert written["indexing"] == "p5-sequential" and written["variant"] == "peapod"
-        assert written["dataset"]["name"] == "demo"
+        assert written["dataset"]["name"] == "demo-toys"
         assert set(written["wall_seconds"]) >= {"sequential", "topn", "explanation", "total"}
         for task in ("sequential", "topn", "explanation"):
             sec = written["tasks"][task]
@@ -320,7 +320,7 @@ def test_model_dir_with_data_and_val_split(run_dir, tmp_path):
     bare = tmp_path / "model"
     shutil.copytree(run_dir / "best", bare)
     assert resolve_model_dir(bare) == (bare, None, None)
-    result = evaluate_run(bare, tasks="seq,exp", data="demo", max_users=2, split="val", progress=False)
+    result = evaluate_run(bare, tasks="seq,exp", data="demo-toys", max_users=2, split="val", progress=False)
     assert (bare / "metrics.json").is_file()
     assert result["split"] == "val" and result["users_evaluated"]["explanation"] == 2
     ranks = result["tasks"]["sequential"]["metrics"]
