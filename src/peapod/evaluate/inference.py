@@ -199,10 +199,12 @@ class Predictor:
                 raise ValueError(f"item index {i} out of range (the catalogue has {self.n_items} items)")
 
     def input_items(self, request: Request) -> tuple[int, ...]:
-        """The items written into the request's input (sequential: the last `max_history`; top-n:
-        none when the model reads no candidates, `ModelConfig.topn_input` "user")."""
+        """The items written into the request's input (sequential: the last `max_history`, newest
+        first under `ModelConfig.history_order` "newest-first"; top-n: none when the model reads no
+        candidates, `ModelConfig.topn_input` "user")."""
         if request.task == "sequential":
-            return request.items[-self.max_history :] if self.max_history > 0 else ()
+            recent = request.items[-self.max_history :] if self.max_history > 0 else ()
+            return recent[::-1] if self.model.config.history_order == "newest-first" else recent
         if request.task == "topn" and self.model.config.topn_input == "user":
             return ()
         return request.items

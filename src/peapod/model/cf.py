@@ -131,22 +131,29 @@ def fold_in(items: list[list[int]], item_factors: torch.Tensor, config: ALSConfi
 
 
 def nearest_neighbors(
-    queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool = False, chunk: int = 4096
+    queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool = False, chunk: int = 4096,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of the k keys most cosine-similar to each query: [n_queries, k], most similar first.
 
-    With `exclude_self`, queries are the keys themselves and row i never returns i. Chunked matrix
-    products keep memory at chunk x n_keys.
+    With `exclude_self`, queries are the keys themselves and row i never returns i; `exclude`
+    [n_queries] names one key per query that it never returns (e.g. the user a prefix vector was
+    folded in from). Chunked matrix products keep memory at chunk x n_keys.
     """
-    if k >= keys.shape[0] + (0 if not exclude_self else -1) + 1:
-        raise ValueError(f"k={k} neighbours asked for, but only {keys.shape[0] - int(exclude_self)} candidates exist")
+    excluding = exclude_self or exclude is not None
+    if k >= keys.shape[0] + (0 if not excluding else -1) + 1:
+        raise ValueError(f"k={k} neighbours asked for, but only {keys.shape[0] - int(excluding)} candidates exist")
+    if exclude is not None and exclude.shape != (queries.shape[0],):
+        raise ValueError(f"exclude must hold one key index per query ({queries.shape[0]}), got shape {tuple(exclude.shape)}")
     qn = torch.nn.functional.normalize(queries.float(), dim=1)
     kn = torch.nn.functional.normalize(keys.float(), dim=1)
     out = torch.empty(queries.shape[0], k, dtype=torch.long)
     for start in range(0, queries.shape[0], chunk):
         sim = qn[start : start + chunk] @ kn.T
+        rows = torch.arange(sim.shape[0])
         if exclude_self:
-            rows = torch.arange(sim.shape[0])
             sim[rows, rows + start] = float("-inf")
+        if exclude is not None:
+            sim[rows, exclude[start : start + chunk].long()] = float("-inf")
         out[start : start + chunk] = sim.topk(k, dim=1).indices
     return out

@@ -30,8 +30,9 @@ from peapod.model.text import TASKS, atomic_item_tokens, template_corpus, train_
 
 VARIANTS = ("p5", "pod", "peapod")
 COMPOSERS = ("neighbors", "pool")
-TOPN_INPUTS = ("candidates", "user", "history")
+TOPN_INPUTS = ("candidates", "user")
 ITEM_INITS = ("random", "cf")
+HISTORY_ORDERS = ("oldest-first", "newest-first")
 
 # From-scratch backbone sizes. `t5-small` has T5-small's dimensions (60M parameters with its vocab).
 PRESETS: dict[str, dict] = {
@@ -62,15 +63,17 @@ class ModelConfig:
     vocab_size: int | None = None  # from-scratch tokenizer size; None takes the preset's
     max_whole_words: int = 512
     dropout: float = 0.1
-    # What a top-n input holds: the candidate list (P5/POD/PeaPOD), only the user, or the user and its
-    # recent history. Candidates are always scored exactly; without them in the input, the prompt and
-    # history are all the model reads.
+    # What a top-n input holds: the candidate list (P5/POD/PeaPOD) or only the user. Candidates are
+    # always scored exactly; without them in the input, the prompts are all the model reads.
     topn_input: str = "candidates"
     # Items the decoder was trained to write: the next `item_targets` items (sequential) or that many of
     # the user's items (candidate-free top-n), teacher-forced, no EOS when > 1. Item scores then read
     # the first decoder step only (atomic items).
     item_targets: int = 1
     item_init: str = "random"  # "cf": atomic item token embeddings start as projected ALS item factors
+    # Order of a sequential input's history. "newest-first" writes the most recent item first, so an
+    # item's whole-word id is its recency (2 = the last item) whatever the history's length.
+    history_order: str = "oldest-first"
     seed: int = 0
 
     def __post_init__(self):
@@ -82,6 +85,8 @@ class ModelConfig:
             raise ValueError(f"model.topn_input must be one of {TOPN_INPUTS}, got {self.topn_input!r}")
         if self.item_init not in ITEM_INITS:
             raise ValueError(f"model.item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
+        if self.history_order not in HISTORY_ORDERS:
+            raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
         if self.item_targets < 1:
             raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
 

@@ -49,11 +49,14 @@ class ModelSection(_Section):
     cf_iterations: int = Field(15, ge=1)
     vocab_size: int | None = Field(None, ge=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    topn_input: Literal["candidates", "user", "history"] = Field(
-        "candidates", description="what a top-n input holds besides the prompts: the candidate list, nothing but the user, or the user's recent history"
+    topn_input: Literal["candidates", "user"] = Field(
+        "candidates", description="what a top-n input holds besides the prompts: the candidate list, or nothing but the user"
     )
     item_targets: int = Field(1, ge=1, le=64, description="next items the decoder writes per item example (teacher-forced)")
     item_init: Literal["random", "cf"] = Field("random", description="'cf': item token embeddings start as projected ALS item factors")
+    history_order: Literal["oldest-first", "newest-first"] = Field(
+        "oldest-first", description="order of a sequential input's history; 'newest-first' makes an item's whole-word id its recency"
+    )
 
 
 class TrainSection(_Section):
@@ -89,6 +92,11 @@ class TrainSection(_Section):
         "one", description="sequential examples per user and epoch: one random position, or every training position"
     )
     item_softmax: Literal["vocab", "items"] = Field("vocab", description="'items': item-task losses normalize over item tokens only")
+    prompt_history: Literal["full", "prefix"] = Field(
+        "full",
+        description="peapod: a training example's user prompt is built from all the user's training items ('full'), "
+        "or from those before its target ('prefix', as at test time); variants without a user prompt ignore it",
+    )
     select_by: Literal["loss", "ndcg"] = Field(
         "loss", description="best epoch and early stopping: mean validation loss, or mean validation NDCG@10 of the item tasks (atomic ids)"
     )
@@ -124,6 +132,8 @@ class RunConfig(_Section):
             ("train.item_softmax items", self.train.item_softmax == "items"),
             ("model.item_targets > 1", self.model.item_targets > 1),
             (f"model.topn_input {self.model.topn_input}", self.model.topn_input != "candidates"),
+            ("train.prompt_history prefix", self.train.prompt_history == "prefix"),
+            ("model.history_order newest-first", self.model.history_order == "newest-first"),
         ):
             if needs_ids and not ids:
                 problems.append(f"{what} needs train.input_encoding ids")

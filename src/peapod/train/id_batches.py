@@ -14,7 +14,13 @@ and test read exactly what training read. Levers, each a config switch:
 * `model.topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
   (no items in the input: the prompts carry the user).
 * `train.item_softmax: items`: item tasks normalize their loss over the item tokens only.
+* `train.prompt_history: prefix` (peapod): an item example's user prompt is built from the CF vector
+  folded in from the training items before its target (and that vector's nearest other users), as a
+  test user's prompt is built from the items before the test item. With `full`, every example reads
+  the CF vector of all the user's training items, which holds the target itself: the model learns to
+  read its targets back out of the prompt, which no test example allows.
 """
+
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation
+from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors
 from peapod.model.text import TASK_IDS
 from peapod.train.samplers import sample_negatives_for
 from peapod.train.token_tables import TokenTables, sentence_labels
@@ -70,9 +77,18 @@ class TaskRows:
     inputs: np.ndarray
     targets: np.ndarray | None = None
     sentences: np.ndarray | None = None
+    prefix: np.ndarray | None = None  # [N] training items the prompt is folded in from (prompt_history prefix)
 
     def __len__(self) -> int:
         return len(self.users)
+
+
+def newest_first(items: np.ndarray) -> np.ndarray:
+    """Each row's items (left-aligned, -1 padded) in reverse order, still left-aligned."""
+    n = (items >= 0).sum(1, keepdims=True)
+    j = np.arange(items.shape[1])[None, :]
+    src = np.where(j < n, n - 1 - j, 0)
+    return np.where(j < n, np.take_along_axis(items, src, axis=1), -1)
 
 
 def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
@@ -95,12 +111,19 @@ def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positio
         start = rng.integers(np.maximum(0, t - max_history), t)
     inputs = seqs.window(users, start, t, max_history)
     targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
-    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets)
+    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
 
 
-def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int) -> TaskRows:
+def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
     """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
-    `user`: no input items; the targets are m of the user's training items in random order."""
+    `user`: no input items; the targets are m of the user's training items in random order, or with
+    `prefix` the m items after a random position t >= 1, whose prompt is folded in from the first t."""
+    if topn_input == "user" and prefix:
+        users = np.nonzero(seqs.lengths >= 2)[0]
+        t = rng.integers(1, seqs.lengths[users])
+        targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
+        inputs = np.zeros((len(users), 0), dtype=np.int64)
+        return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
     users = np.nonzero(seqs.lengths >= 1)[0]
     if topn_input == "user":
         # A random order of each user's training items: sort random keys within each user.
@@ -130,6 +153,35 @@ def explanation_rows(records: list[Explanation], rng, dropout: float, generic: i
     return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))
 
 
+@dataclass(frozen=True)
+class PrefixPrompts:
+    """Who a training example's prompt is for, under `train.prompt_history: prefix`.
+
+    cf_users: [n_users, c] the model's training-user CF vectors (the composer's keys);
+    cf_items: [n_items, c] the ALS item factors a prefix is folded in against;
+    neighbor_index: [n_users, k] each user's neighbours (for rows whose prompt is the whole user).
+    """
+
+    cf_users: torch.Tensor
+    cf_items: torch.Tensor
+    neighbor_index: torch.Tensor
+    als: ALSConfig
+    with_neighbors: bool
+
+    def for_rows(self, seqs: TrainSequences, users: np.ndarray, prefix: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cf_query [N, c], neighbors [N, k]) of each row: folded in from the user's first prefix[r]
+        training items, its neighbours the most similar other users; the whole user where prefix is None."""
+        u = torch.from_numpy(users)
+        if prefix is None:
+            return self.cf_users[u].detach().clone(), self.neighbor_index[u].clone()
+        lists = [seqs.flat[o : o + n].tolist() for o, n in zip(seqs.offsets[users].tolist(), prefix.tolist())]
+        query = fold_in(lists, self.cf_items, self.als)
+        k = self.neighbor_index.shape[1]
+        if not self.with_neighbors:
+            return query, torch.zeros(len(users), k, dtype=torch.long)
+        return query, nearest_neighbors(query, self.cf_users.detach(), k, exclude=u)
+
+
 @dataclass
 class EncodedRows:
     """A task's examples as tensors (CPU). `label_space` restricts the loss softmax (item tasks)."""
@@ -142,6 +194,8 @@ class EncodedRows:
     labels: torch.Tensor
     label_space: torch.Tensor | None = None
     rank_space: torch.Tensor | None = None  # item tasks: the item tokens a validation target is ranked among
+    cf_query: torch.Tensor | None = None  # [N, cf_dim] prompt owners' CF vectors (prompt_history prefix)
+    neighbors: torch.Tensor | None = None  # [N, k] their nearest training users
 
     def __len__(self) -> int:
         return self.users.shape[0]
@@ -164,6 +218,9 @@ class EncodedRows:
         }
         if self.label_space is not None:
             out["label_space"] = self.label_space.to(device)
+        if self.cf_query is not None:
+            out["cf_query"] = self.cf_query[rows].to(device)
+            out["neighbors"] = self.neighbors[rows].to(device)
         return out
 
 
@@ -195,10 +252,13 @@ def concat_rows(parts: list[EncodedRows]) -> EncodedRows:
     """All rows of several tasks in one table (mixed schedule); needs no label_space."""
     w = max(p.input_ids.shape[1] for p in parts)
     lw = max(p.labels.shape[1] for p in parts)
+    prompts = all(p.cf_query is not None for p in parts)
     return EncodedRows(
         torch.cat([p.task_ids for p in parts]), torch.cat([p.users for p in parts]),
         torch.cat([_pad_to(p.input_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.attention_mask, w, 0) for p in parts]),
         torch.cat([_pad_to(p.whole_word_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.labels, lw, -100) for p in parts]),
+        cf_query=torch.cat([p.cf_query for p in parts]) if prompts else None,
+        neighbors=torch.cat([p.neighbors for p in parts]) if prompts else None,
     )
 
 
@@ -228,8 +288,8 @@ class IdEpoch:
 class IdTrainingData:
     """Token tables, training sequences and sentence labels of one run, built once; epochs on demand."""
 
-    def __init__(self, ds: Dataset, index, tokenizer, explanations: list[Explanation], cfg, max_words: int):
-        self.ds, self.cfg, self.max_words = ds, cfg, max_words
+    def __init__(self, ds: Dataset, index, tokenizer, explanations: list[Explanation], cfg, max_words: int, prompts: PrefixPrompts | None = None):
+        self.ds, self.cfg, self.max_words, self.prompts = ds, cfg, max_words, prompts
         self.tables = TokenTables.build(tokenizer, index, ds.n_users)
         self.seqs = TrainSequences.from_dataset(ds)
         self.user_items = [set(s) for s in ds.sequences] if cfg.model.topn_input == "candidates" else []
@@ -243,7 +303,10 @@ class IdTrainingData:
 
     def encode(self, rows: TaskRows, sentences: np.ndarray | None = None) -> EncodedRows:
         t = self.cfg.train
-        ids, mask, words = self.tables.inputs(rows.text_users, rows.inputs, t.max_input_length, self.max_words)
+        inputs = rows.inputs
+        if rows.task == "sequential" and self.cfg.model.history_order == "newest-first":
+            inputs = newest_first(inputs)
+        ids, mask, words = self.tables.inputs(rows.text_users, inputs, t.max_input_length, self.max_words)
         if rows.task == "explanation":
             labels = (self.sentences if sentences is None else sentences)[rows.sentences]
             space = ranked = None
@@ -253,9 +316,13 @@ class IdTrainingData:
             # Ranking the first label token is the evaluation's ranking only when an item is one token.
             ranked = torch.from_numpy(self.tables.item_space) if self.tables.item_tokens.shape[1] == 1 else None
         n = len(rows)
+        query = neighbors = None
+        if self.prompts is not None:
+            query, neighbors = self.prompts.for_rows(self.seqs, rows.users, rows.prefix)
         return EncodedRows(
             torch.full((n,), TASK_IDS[rows.task], dtype=torch.long), torch.from_numpy(rows.users),
             torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(words), torch.from_numpy(labels), space, ranked,
+            query, neighbors,
         )
 
     def task_rows(self, task: str, rng: np.random.Generator) -> TaskRows | None:
@@ -263,7 +330,10 @@ class IdTrainingData:
         if task == "sequential":
             return sequential_rows(self.seqs, rng, t.max_history, m.item_targets, t.seq_positions, t.user_dropout, g)
         if task == "topn":
-            return topn_rows(self.seqs, self.user_items, self.ds.n_items, rng, m.topn_input, t.topn_candidates, m.item_targets, t.user_dropout, g)
+            return topn_rows(
+                self.seqs, self.user_items, self.ds.n_items, rng, m.topn_input, t.topn_candidates, m.item_targets, t.user_dropout, g,
+                prefix=self.prompts is not None,
+            )
         if task == "explanation" and self.explanations:
             return explanation_rows(self.explanations, rng, t.user_dropout, g)
         return None

@@ -37,7 +37,7 @@ from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bund
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
-from peapod.train.id_batches import EncodedRows, IdTrainingData, first_item_ndcg
+from peapod.train.id_batches import EncodedRows, IdTrainingData, PrefixPrompts, first_item_ndcg
 from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
 
 
@@ -218,7 +218,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     max_words = model.config.max_whole_words
     id_data = None
     if cfg.train.input_encoding == "ids":
-        id_data = IdTrainingData(ds, index, tokenizer, explanations_train, cfg, max_words)
+        prompts = None
+        if cfg.train.prompt_history == "prefix" and model.config.has_user_prompt:
+            prompts = PrefixPrompts(
+                model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
+                with_neighbors=model.config.composer == "neighbors",
+            )
+        id_data = IdTrainingData(ds, index, tokenizer, explanations_train, cfg, max_words, prompts)
     plan_args = dict(
         ds=ds, index=index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
         batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,
