@@ -22,7 +22,6 @@ from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import encode_inputs, source_text
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData, PrefixPrompts, TrainSequences, newest_first, sequential_rows, topn_rows
-from peapod.train.samplers import split_explanations
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = ROOT / "configs" / "laptop.yaml"
