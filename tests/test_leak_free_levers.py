@@ -133,6 +133,11 @@ def test_prefix_prompts_and_newest_first_need_id_inputs():
             load_config(None, [lever])
 
 
+def test_prefix_prompts_refuse_trainable_cf_vectors():
+    with pytest.raises(ConfigError, match="cf_trainable false"):
+        load_config(LAPTOP, ["model.cf_trainable=true"])
+
+
 def test_nearest_neighbors_exclude_checks_its_shape():
     keys = torch.randn(10, 4)
     with pytest.raises(ValueError, match="one key index per query"):

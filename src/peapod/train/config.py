@@ -137,6 +137,10 @@ class RunConfig(_Section):
         ):
             if needs_ids and not ids:
                 problems.append(f"{what} needs train.input_encoding ids")
+        if self.train.prompt_history == "prefix" and self.model.cf_trainable:
+            # Prefix vectors and their neighbours are computed from the CF tables once per epoch; trained
+            # user vectors would move under them, and a resumed run would see other neighbours.
+            problems.append("train.prompt_history prefix needs model.cf_trainable false")
         if self.train.select_by == "ndcg" and not (ids and atomic):
             problems.append("train.select_by ndcg needs train.input_encoding ids and index.strategy atomic")
         if self.train.item_softmax == "items" and self.train.schedule != "rotate":
