@@ -21,7 +21,8 @@ from peapod.model.cf import fold_in, nearest_neighbors
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import encode_inputs, source_text
 from peapod.train.config import ConfigError, load_config
-from peapod.train.id_batches import IdTrainingData, PrefixPrompts, TrainSequences, newest_first, sequential_rows, topn_rows
+from peapod.train.id_batches import IdTrainingData, TrainSequences, newest_first, sequential_rows, topn_rows
+from peapod.train.prefix_prompts import PrefixPrompts
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = ROOT / "configs" / "laptop.yaml"

@@ -18,9 +18,9 @@ and test read exactly what training read. Levers, each a config switch:
   folded in from the training items before its target (and that vector's nearest other users), as a
   test user's prompt is built from the items before the test item. With `full`, every example reads
   the CF vector of all the user's training items, which holds the target itself: the model learns to
-  read its targets back out of the prompt, which no test example allows.
+  read its targets back out of the prompt, which no test example allows (`PrefixPrompts`).
+* `model.history_order: newest-first`: sequential inputs list the history most recent item first.
 """
-
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation
-from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors
 from peapod.model.text import TASK_IDS
+from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import sample_negatives_for
 from peapod.train.token_tables import TokenTables, sentence_labels
 
@@ -151,35 +151,6 @@ def explanation_rows(records: list[Explanation], rng, dropout: float, generic: i
     items = np.array([[e.item] for e in records], dtype=np.int64).reshape(len(records), 1)
     text_users = _dropout(users, rng, dropout, generic) if rng is not None else users
     return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))
-
-
-@dataclass(frozen=True)
-class PrefixPrompts:
-    """Who a training example's prompt is for, under `train.prompt_history: prefix`.
-
-    cf_users: [n_users, c] the model's training-user CF vectors (the composer's keys);
-    cf_items: [n_items, c] the ALS item factors a prefix is folded in against;
-    neighbor_index: [n_users, k] each user's neighbours (for rows whose prompt is the whole user).
-    """
-
-    cf_users: torch.Tensor
-    cf_items: torch.Tensor
-    neighbor_index: torch.Tensor
-    als: ALSConfig
-    with_neighbors: bool
-
-    def for_rows(self, seqs: TrainSequences, users: np.ndarray, prefix: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cf_query [N, c], neighbors [N, k]) of each row: folded in from the user's first prefix[r]
-        training items, its neighbours the most similar other users; the whole user where prefix is None."""
-        u = torch.from_numpy(users)
-        if prefix is None:
-            return self.cf_users[u].detach().clone(), self.neighbor_index[u].clone()
-        lists = [seqs.flat[o : o + n].tolist() for o, n in zip(seqs.offsets[users].tolist(), prefix.tolist())]
-        query = fold_in(lists, self.cf_items, self.als)
-        k = self.neighbor_index.shape[1]
-        if not self.with_neighbors:
-            return query, torch.zeros(len(users), k, dtype=torch.long)
-        return query, nearest_neighbors(query, self.cf_users.detach(), k, exclude=u)
 
 
 @dataclass

@@ -37,7 +37,8 @@ from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bund
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
-from peapod.train.id_batches import EncodedRows, IdTrainingData, PrefixPrompts, first_item_ndcg
+from peapod.train.id_batches import EncodedRows, IdTrainingData, first_item_ndcg
+from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
 
 
