@@ -140,20 +140,21 @@ def nearest_neighbors(
     [n_queries] names one key per query that it never returns (e.g. the user a prefix vector was
     folded in from). Chunked matrix products keep memory at chunk x n_keys.
     """
-    excluding = exclude_self or exclude is not None
+    if exclude_self:
+        if exclude is not None:
+            raise ValueError("give exclude_self or exclude, not both")
+        exclude = torch.arange(queries.shape[0])  # row i never returns key i
+    excluding = exclude is not None
     if k >= keys.shape[0] + (0 if not excluding else -1) + 1:
         raise ValueError(f"k={k} neighbours asked for, but only {keys.shape[0] - int(excluding)} candidates exist")
-    if exclude is not None and exclude.shape != (queries.shape[0],):
+    if excluding and exclude.shape != (queries.shape[0],):
         raise ValueError(f"exclude must hold one key index per query ({queries.shape[0]}), got shape {tuple(exclude.shape)}")
     qn = torch.nn.functional.normalize(queries.float(), dim=1)
     kn = torch.nn.functional.normalize(keys.float(), dim=1)
     out = torch.empty(queries.shape[0], k, dtype=torch.long)
     for start in range(0, queries.shape[0], chunk):
         sim = qn[start : start + chunk] @ kn.T
-        rows = torch.arange(sim.shape[0])
-        if exclude_self:
-            sim[rows, rows + start] = float("-inf")
-        if exclude is not None:
-            sim[rows, exclude[start : start + chunk].long()] = float("-inf")
+        if excluding:
+            sim[torch.arange(sim.shape[0]), exclude[start : start + chunk].long()] = float("-inf")
         out[start : start + chunk] = sim.topk(k, dim=1).indices
     return out

@@ -41,10 +41,10 @@ class PrefixPrompts:
         training items, its neighbours the most similar other users; the whole user where prefix is None."""
         u = torch.from_numpy(users)
         if prefix is None:
-            return self.cf_users[u].detach().clone(), self.neighbor_index[u].clone()
+            return self.cf_users[u], self.neighbor_index[u]  # indexing copies
         lists = [seqs.flat[o : o + n].tolist() for o, n in zip(seqs.offsets[users].tolist(), prefix.tolist())]
         query = fold_in(lists, self.cf_items, self.als)
         k = self.neighbor_index.shape[1]
         if not self.with_neighbors:
             return query, torch.zeros(len(users), k, dtype=torch.long)
-        return query, nearest_neighbors(query, self.cf_users.detach(), k, exclude=u)
+        return query, nearest_neighbors(query, self.cf_users, k, exclude=u)
