@@ -53,7 +53,7 @@ def atomic_model(demo):
 # ---- token ids equal the text path --------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["atomic", "p5-sequential"])
 def test_token_tables_reproduce_the_tokenized_bare_text(demo, strategy):
-    cfg = load_config(LAPTOP, [*SMALL, f"index.strategy={strategy}", "model.item_init=random", "model.item_targets=1", "train.select_by=loss"])
+    cfg = load_config(LAPTOP, [*SMALL, f"index.strategy={strategy}", "model.item_init=random", "model.item_targets=1", "model.decoder_history=0", "train.select_by=loss"])
     index = build_item_index(demo, strategy)
     _, tok = build_model(cfg.architecture(), demo, index)
     tables = TokenTables.build(tok, index, demo.n_users)
@@ -183,7 +183,7 @@ def test_item_softmax_is_the_full_softmax_renormalized_over_item_tokens(demo, at
 
 def test_multi_item_models_score_items_by_the_first_decoder_step(demo, atomic_model):
     cfg, index, model, tok = atomic_model
-    pred = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), device="cpu")
+    pred = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), device="cpu", decoder_history=0)
     assert pred.first_step_scores
     req = [Request("sequential", tuple(demo.train_items(0)), user=0), Request("topn", (5, 1, 9), user=1)]
     enc = pred.encode(req)

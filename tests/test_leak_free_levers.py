@@ -65,7 +65,7 @@ def test_newest_first_id_inputs_equal_the_predictor_text(demo, setup):
     rows = sequential_rows(data.seqs, np.random.default_rng(0), cfg.train.max_history, 5, "all", 0.0, data.tables.generic_user)
     pick = np.arange(0, len(rows), max(1, len(rows) // 30))
     enc = data.encode(rows)
-    predictor = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), max_history=cfg.train.max_history)
+    predictor = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), max_history=cfg.train.max_history, decoder_history=0)
     texts = []
     for r in pick:
         history = tuple(int(i) for i in rows.inputs[r] if i >= 0)

@@ -181,6 +181,7 @@ def evaluate_command(
     batch_size: int = typer.Option(None, "--batch-size", help="Requests per encoder pass (default: the run config's eval.batch_size)."),
     data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table, 'demo' or 'demo-toys') for a model directory without a run config."),
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    decoder_history: int = typer.Option(None, "--decoder-history", help="History items teacher-forced into the decoder before the scored step (default: the model's model.decoder_history; exact scoring only)."),
     out: str = typer.Option(None, "--out", "-o", help="Metrics file to write (default: RUN_DIR/metrics.json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -215,6 +216,8 @@ def evaluate_command(
         fail(f"--batch-size must be >= 1; got {batch_size}")
     if truncate_references is not None and truncate_references < 0:
         fail(f"--truncate-references must be >= 0; got {truncate_references}")
+    if decoder_history is not None and decoder_history < 0:
+        fail(f"--decoder-history must be >= 0; got {decoder_history}")
     seed_list = None
     if seeds is not None:
         try:
@@ -237,7 +240,7 @@ def evaluate_command(
             run_dir, tasks=task_list, protocol=protocol, seq_decoding=seq_decoding, topn_decoding=topn_decoding,
             split=split, seed=seed_list, legacy_random_fill=legacy_random_fill, exp_decoding=exp_decoding,
             batch_size=batch_size, progress=not quiet, data=data, out=out, mask_history=mask_history,
-            device=device, **kwargs,
+            device=device, decoder_history=decoder_history, **kwargs,
         )
     except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
         fail(str(e))

@@ -1,7 +1,7 @@
 """Generation over an encoded batch: beam search for item ids and explanation decoding.
 
 `GenerationMixin` is half of `peapod.evaluate.inference.Predictor` (which supplies `model`,
-`tokenizer`, `trie`, `n_items`, `device`, `first_step_scores`, `parse_item` and `_encoded`). The
+`tokenizer`, `trie`, `n_items`, `device`, `first_step_scores`, `decoder_items`, `parse_item` and `_encoded`). The
 encoder output is handed to `model.t5.generate(encoder_outputs=...)`, so the encoder is not rerun
 per beam.
 """
@@ -15,7 +15,7 @@ from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
 from peapod.evaluate.requests import EXPLANATION_DECODINGS, BeamResult, Encoded, Request
-from peapod.evaluate.trie import TrieLogitsProcessor, decode_items
+from peapod.evaluate.trie_decoding import TrieLogitsProcessor, decode_items
 
 
 class GenerationMixin:
@@ -43,11 +43,13 @@ class GenerationMixin:
         """Ranked items by beam search.
 
         Unconstrained (the legacy protocol): free generation of `max_new_tokens` = the longest item's
-        token count (EOS included; one token for a decoder trained on several next items); each output is decoded to text (special tokens skipped) and its
-        first whitespace-separated word is parsed as an item id (`parse_item`), as the published
-        scripts do; an output naming no catalogue item is -1. Constrained: `TrieLogitsProcessor` allows only catalogue items (minus `exclude`, e.g.
-        the history), outputs are mapped back through the trie (a row that could not finish an
-        allowed item is -1).
+        token count (EOS included; one token for a decoder trained on several next items); each output
+        is decoded to text (special tokens skipped) and its first whitespace-separated word is parsed as
+        an item id (`parse_item`), as the published scripts do; an output naming no catalogue item is
+        -1. Constrained: `TrieLogitsProcessor` allows only catalogue items (minus `exclude`, e.g. the
+        history), outputs are mapped back through the trie (a row that could not finish an allowed
+        item is -1). A predictor with `decoder_history` hands each request's `decoder_items` to the
+        decoder first (rows grouped by their count) and searches from the step after them.
 
         Args:
             num_beams: beam width; num_return_sequences: list length (default num_beams).
@@ -61,38 +63,54 @@ class GenerationMixin:
         if exclude is not None and not constrained:
             raise ValueError("`exclude` needs constrained decoding")
         trie = self.trie
-        # A decoder that writes several items reads its item off the first step (`first_step_scores`):
-        # free generation then ranks first tokens, not pairs of items.
+        # A decoder that writes several items reads its item off one step (`first_step_scores`): free
+        # generation then ranks that step's tokens, not pairs of items.
         max_new = 1 if self.first_step_scores and not constrained else trie.max_length
         kwargs = dict(
             num_beams=num_beams, num_return_sequences=n_ret, max_new_tokens=max_new,
             length_penalty=length_penalty, output_scores=True, return_dict_in_generate=True,
         )
-        if constrained:
-            banned = None
-            if exclude is not None:
-                banned = torch.zeros(len(enc), self.n_items, dtype=torch.bool)
-                for i, items in enumerate(exclude):
-                    banned[i, [int(x) for x in items]] = True
-                banned = banned.to(self.device)
-            start = self.model.t5.config.decoder_start_token_id
-            kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, start, banned, num_beams)])
-        out = self._generate(enc, **kwargs)
-        seqs = out.sequences.cpu()
-        texts = [t.strip() for t in self.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
-        if constrained:
-            t5 = self.model.t5.config
-            flat = decode_items(trie, seqs, decoder_start_token_id=t5.decoder_start_token_id, pad_token_id=t5.pad_token_id)
-        else:
-            flat = [self.parse_item(t) for t in texts]
-        scores = out.sequences_scores.float().cpu().tolist() if getattr(out, "sequences_scores", None) is not None else [0.0] * len(flat)
-        items = [flat[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))]
+        banned = None
+        if exclude is not None:
+            banned = torch.zeros(len(enc), self.n_items, dtype=torch.bool)
+            for i, items in enumerate(exclude):
+                banned[i, [int(x) for x in items]] = True
+        t5 = self.model.t5.config
+        prefix = self._decoder_prefix(enc)
+        read_at = torch.zeros(len(enc), dtype=torch.long) if prefix is None else prefix[1]
+        items: list[list[int]] = [[] for _ in range(len(enc))]
+        scores: list[list[float]] = [[] for _ in range(len(enc))]
+        texts: list[list[str]] = [[] for _ in range(len(enc))]
+        for length in read_at.unique().tolist():
+            rows = (read_at == length).nonzero().flatten()
+            group = dict(kwargs)
+            if length:
+                group["decoder_input_ids"] = prefix[0][rows, : 1 + length].to(self.device)
+            if constrained:
+                processor = TrieLogitsProcessor(
+                    trie, t5.decoder_start_token_id, None if banned is None else banned[rows].to(self.device), num_beams, prefix_length=length
+                )
+                group["logits_processor"] = LogitsProcessorList([processor])
+            out = self.model.t5.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden[rows.to(enc.hidden.device)]),
+                attention_mask=enc.mask[rows.to(enc.mask.device)], do_sample=False, **group,
+            )
+            seqs = out.sequences.cpu()
+            seqs = torch.cat([seqs[:, :1], seqs[:, 1 + length :]], 1)  # the start token, then what was generated
+            decoded = [t.strip() for t in self.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+            if constrained:
+                flat = decode_items(trie, seqs, decoder_start_token_id=t5.decoder_start_token_id, pad_token_id=t5.pad_token_id)
+            else:
+                flat = [self.parse_item(t) for t in decoded]
+            beam_scores = getattr(out, "sequences_scores", None)
+            flat_scores = beam_scores.float().cpu().tolist() if beam_scores is not None else [0.0] * len(flat)
+            for k, row in enumerate(rows.tolist()):
+                items[row] = flat[k * n_ret : (k + 1) * n_ret]
+                scores[row] = flat_scores[k * n_ret : (k + 1) * n_ret]
+                texts[row] = decoded[k * n_ret : (k + 1) * n_ret]
         return BeamResult(
-            items=items,
-            scores=[scores[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))],
-            texts=[texts[i * n_ret : (i + 1) * n_ret] for i in range(len(enc))],
-            invalid=sum(1 for x in flat if x < 0),
-            total=len(flat),
+            items=items, scores=scores, texts=texts,
+            invalid=sum(1 for row in items for x in row if x < 0), total=sum(len(row) for row in items),
         )
 
     @torch.no_grad()

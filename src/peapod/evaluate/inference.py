@@ -13,7 +13,8 @@ A `Predictor` wraps a `ModelBundle` and answers batches of `Request`s, each one 
   sequential task and to the item for explanation.
 * item scores are exact teacher-forced log-likelihoods (EOS included), computed with the prefix-tree
   scorer of `peapod.evaluate.prefix_scoring` (same numbers as `scoring.score_candidates`, faster);
-  `method="naive"` uses `scoring.py` directly.
+  `method="naive"` uses `scoring.py` directly. A multi-item atomic decoder scores at one step: the
+  first, or with `decoder_history` j the step after the user's last j items (`RequestInputsMixin`).
 * generation passes the encoder output to `model.t5.generate(encoder_outputs=...)`, so the encoder is
   not rerun per beam.
 
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from peapod.data.indexing import user_text
 from peapod.evaluate.generation import GenerationMixin
+from peapod.evaluate.request_inputs import RequestInputsMixin
 from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
 from peapod.evaluate.requests import (
     EXPLANATION_DECODINGS,
@@ -45,7 +46,7 @@ from peapod.evaluate.scoring import item_token_matrix, score_all_items, score_ca
 from peapod.evaluate.topk_search import TreeChildren, search_top_k
 from peapod.evaluate.trie import ItemTrie
 from peapod.model.peapod import ModelBundle, load_bundle
-from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
+from peapod.model.text import eval_template
 
 __all__ = [
     "EXPLANATION_DECODINGS",
@@ -57,7 +58,7 @@ __all__ = [
     "resolve_model_dir",
 ]
 
-class Predictor(GenerationMixin):
+class Predictor(RequestInputsMixin, GenerationMixin):
     """Scores, beams and explanations for batches of requests over one trained model.
 
     Args:
@@ -67,6 +68,9 @@ class Predictor(GenerationMixin):
             `train.max_history`; `Predictor.load` reads it from the run directory).
         max_input_length: encoder token budget; longer inputs are cut and reported in
             `Encoded.truncated` (the default leaves room for 100 top-n candidates).
+        decoder_history: j most recent items teacher-forced into the decoder before the scored step
+            (sequential: the history's last j, which the encoder then leaves out; top-n: the
+            profile's last j); default the model's `decoder_history`. Exact scoring only.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Predictor(GenerationMixin):
         device: str | torch.device | None = None,
         max_history: int = 20,
         max_input_length: int = 1024,
+        decoder_history: int | None = None,
     ):
         self.bundle = bundle
         self.device = torch.device(device) if device is not None else _default_device()
@@ -85,6 +90,15 @@ class Predictor(GenerationMixin):
         self.max_history = int(max_history)
         self.max_input_length = int(max_input_length)
         self.template = eval_template(self.model.config.variant)
+        config = self.model.config
+        self.decoder_history = config.decoder_history if decoder_history is None else int(decoder_history)
+        if self.decoder_history < 0:
+            raise ValueError(f"decoder_history must be >= 0, got {self.decoder_history}")
+        if self.decoder_history and not (self.index.is_atomic and self.decoder_history < config.item_targets):
+            raise ValueError(
+                f"decoder_history {self.decoder_history} needs atomic items and a decoder trained on more items "
+                f"(model.item_targets {config.item_targets} > decoder_history)"
+            )
         self._lock = threading.Lock()
         self._item_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self._trie: ItemTrie | None = None
@@ -189,92 +203,6 @@ class Predictor(GenerationMixin):
         """Build every cache now (item tokens, trie, prefix tree) instead of on first use."""
         _ = self.item_tokens, self.trie, self.prefix_tree, self.tree_children
 
-    # ---- inputs -------------------------------------------------------------------------------
-    def _check(self, r: Request) -> None:
-        if r.user is not None and not 0 <= r.user < self.n_users:
-            raise ValueError(f"user index {r.user} out of range (the model has {self.n_users} users)")
-        for i in r.items + (r.profile or ()):
-            if not 0 <= i < self.n_items:
-                raise ValueError(f"item index {i} out of range (the catalogue has {self.n_items} items)")
-
-    def input_items(self, request: Request) -> tuple[int, ...]:
-        """The items written into the request's input (sequential: the last `max_history`, newest
-        first under `ModelConfig.history_order` "newest-first"; top-n: none when the model reads no
-        candidates, `ModelConfig.topn_input` "user")."""
-        if request.task == "sequential":
-            recent = request.items[-self.max_history :] if self.max_history > 0 else ()
-            return recent[::-1] if self.model.config.history_order == "newest-first" else recent
-        if request.task == "topn" and self.model.config.topn_input == "user":
-            return ()
-        return request.items
-
-    @property
-    def first_step_scores(self) -> bool:
-        """Item scores read the first decoder step only: atomic items, and a decoder trained to write
-        several items (`item_targets` > 1), whose next token after an item is an item, not EOS."""
-        return self.index.is_atomic and self.model.config.item_targets > 1
-
-    def source_text(self, request: Request) -> str:
-        """The encoder text of a request, in the evaluation form."""
-        who = user_text(request.user) if request.user is not None else GENERIC_USER
-        items = [self.index.item_text(i) for i in self.input_items(request)]
-        return source_text(request.task, self.template, who, items)
-
-    def _who(self, requests: list[Request]) -> dict:
-        """Prompt owners for `model.encode`: CF vectors and neighbours of every row."""
-        model = self.model
-        if not model.config.has_user_prompt:
-            return {}
-        known = [i for i, r in enumerate(requests) if r.user is not None]
-        unseen = [i for i, r in enumerate(requests) if r.user is None]
-        if not unseen:
-            return {"users": torch.tensor([r.user for r in requests], dtype=torch.long, device=self.device)}
-        profiles = []
-        for i in unseen:
-            r = requests[i]
-            profile = r.profile
-            if profile is None:
-                if r.task == "topn":
-                    raise ValueError("a top-n request for an unseen user needs `profile` (the items the user interacted with)")
-                profile = r.items
-            profiles.append(list(profile))
-        cf_dim = model.cf_users.shape[1]
-        cf = torch.zeros(len(requests), cf_dim, dtype=model.cf_users.dtype, device=self.device)
-        neighbors = torch.zeros(len(requests), model.config.n_neighbors, dtype=torch.long, device=self.device)
-        folded = model.fold_in(profiles).to(self.device)
-        cf[unseen] = folded
-        neighbors[unseen] = model.neighbors_of(folded).to(self.device)
-        if known:
-            users = torch.tensor([requests[i].user for i in known], dtype=torch.long, device=self.device)
-            cf[known] = model.cf_users[users].detach()
-            neighbors[known] = model.neighbor_index[users]
-        return {"cf_query": cf, "neighbors": neighbors}
-
-    @torch.no_grad()
-    def encode(self, requests: Sequence[Request]) -> Encoded:
-        """Run the encoder once over a batch of requests (tasks may be mixed)."""
-        requests = list(requests)
-        if not requests:
-            raise ValueError("empty request batch")
-        for r in requests:
-            self._check(r)
-        texts = [self.source_text(r) for r in requests]
-        words = self.model.config.max_whole_words
-        # One token of slack tells whether a text was cut; re-encode at the real budget only then.
-        enc = encode_inputs(self.tokenizer, texts, self.max_input_length + 1, words)
-        truncated = (enc.attention_mask.sum(1) > self.max_input_length).tolist()
-        if any(truncated):
-            enc = encode_inputs(self.tokenizer, texts, self.max_input_length, words)
-        task_ids = torch.tensor([TASK_IDS[r.task] for r in requests], dtype=torch.long, device=self.device)
-        out, mask = self.model.encode(
-            task_ids, enc.input_ids.to(self.device), enc.attention_mask.to(self.device),
-            enc.whole_word_ids.to(self.device), **self._who(requests),
-        )
-        return Encoded(requests, out.last_hidden_state, mask, [bool(t) for t in truncated])
-
-    def _encoded(self, batch: Sequence[Request] | Encoded) -> Encoded:
-        return batch if isinstance(batch, Encoded) else self.encode(batch)
-
     # ---- exact scores -------------------------------------------------------------------------
     @torch.no_grad()
     def score_all_items(
@@ -293,7 +221,7 @@ class Predictor(GenerationMixin):
         enc = self._encoded(batch)
         if self.first_step_scores:
             ids, mask = self.item_tokens
-            scores = score_all_items(self.model, enc.hidden, enc.mask, ids, mask, atomic=True)
+            scores = score_all_items(self.model, enc.hidden, enc.mask, ids, mask, atomic=True, decoder_prefix=self._decoder_prefix(enc))
         elif method == "tree":
             scores = score_items_tree(self.model, enc.hidden, enc.mask, self.prefix_tree)
         elif method == "naive":

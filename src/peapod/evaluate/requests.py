@@ -52,8 +52,10 @@ class Request:
         items: the history, oldest first (sequential; the last `max_history` are used), the
             candidates in input order (topn), or exactly one item (explanation).
         user: a training user's index, or None for a user the model never saw.
-        profile: items an unseen user interacted with, for folding in its CF vector (peapod only).
-            Default: `items` for sequential and explanation; top-n needs it.
+        profile: the items the user interacted with, oldest first: an unseen user's CF vector is
+            folded in from them (peapod only; default `items` for sequential and explanation, top-n
+            needs it), and a model with `decoder_history` j reads the last j of them in its top-n
+            decoder (every user's top-n request needs it then).
     """
 
     task: str

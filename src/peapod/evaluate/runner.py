@@ -130,8 +130,11 @@ class EvalSetup:
         return self._explanations[split]
 
 
-def load_setup(path: str | Path, data: str | None = None, device: str | torch.device | None = None) -> EvalSetup:
+def load_setup(path: str | Path, data: str | None = None, device: str | torch.device | None = None, decoder_history: int | None = None) -> EvalSetup:
     """Load the model of a run (or model) directory, its dataset and its fixed top-n candidates.
+
+    `decoder_history`: override the model's (`Predictor`); inference only, so a trained run can be
+    read either way.
 
     Raises:
         FileNotFoundError: no model at `path`; ValueError: no dataset can be determined, or the
@@ -163,7 +166,7 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
         seed = int((cfg or {}).get("data", {}).get("negatives_seed", 0))
         negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
     max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
-    predictor = Predictor(bundle, device=device, max_history=max_history)
+    predictor = Predictor(bundle, device=device, max_history=max_history, decoder_history=decoder_history)
     return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
 
 
@@ -281,7 +284,7 @@ def evaluate_task(
         else:
             cands = [topn_candidates(t, setup.negatives[u], u) for t, u in zip(targets, chunk)]
             t_enc = time.perf_counter()
-            enc = pred.encode([Request("topn", c, u) for c, u in zip(cands, chunk)])
+            enc = pred.encode([Request("topn", c, u, profile=h) for c, u, h in zip(cands, chunk, histories)])
             out.encode_seconds += time.perf_counter() - t_enc
             if decoding == "beam":
                 res = pred.beam_items(enc, BEAM_SIZE, TOPN_LIST_LENGTH)
@@ -409,6 +412,7 @@ def evaluate_run(
     write: bool = True,
     keep_predictions: bool = False,
     setup: EvalSetup | None = None,
+    decoder_history: int | None = None,
 ) -> dict:
     """Evaluate a run (or model) directory; write `metrics.json` and return its content.
 
@@ -435,13 +439,17 @@ def evaluate_run(
         keep_predictions: add per-user outputs under "predictions" in the returned dict (not
             written to the file).
         setup: an already loaded `load_setup(...)`, to evaluate several times in one process.
+        decoder_history: items teacher-forced into the decoder before the scored step (`Predictor`);
+            default the model's.
     """
     t_start = time.perf_counter()
     task_list = _parse_tasks(tasks)
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     if setup is None:
-        setup = load_setup(path, data=data, device=device)
+        setup = load_setup(path, data=data, device=device, decoder_history=decoder_history)
+    elif decoder_history is not None and decoder_history != setup.predictor.decoder_history:
+        raise ValueError(f"decoder_history {decoder_history} differs from the loaded setup's ({setup.predictor.decoder_history})")
     cfg_eval = (setup.run_config or {}).get("eval", {})
     protocol = protocol or cfg_eval.get("protocol") or "rigorous"
     if protocol not in PROTOCOLS:
@@ -501,6 +509,7 @@ def evaluate_run(
         "max_users": max_users,
         "batch_size": batch_size,
         "max_history": pred.max_history,
+        "decoder_history": pred.decoder_history,
         "peapod_version": peapod.__version__,
         "torch_version": torch.__version__,
         "device": str(pred.device),
@@ -546,6 +555,11 @@ def evaluate_run(
                 )
             if task == "topn" and decoding == "score":
                 section["ties"] = "pessimistic (candidates scoring equal to the target rank above it)"
+            if pred.decoder_history:
+                section["decoder_history"] = (
+                    f"the user's last {pred.decoder_history} items before the target teacher-forced into the decoder; "
+                    f"step {pred.decoder_history} scores the items"
+                )
             if task == "sequential":
                 section["history_masked"] = bool(mask_history) and decoding in ("full", "constrained")
             section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (

@@ -83,24 +83,32 @@ def score_all_items(
     item_mask: torch.Tensor,
     atomic: bool,
     chunk_size: int = 4096,
+    decoder_prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Full-catalogue log-likelihoods [B, N].
 
-    For atomic indexing an item is one token: the first decoder step's log-softmax scores the whole
-    catalogue in one pass (the EOS step after the item token is left out).
+    For atomic indexing an item is one token: one decoder step's log-softmax scores the whole
+    catalogue in one pass (the EOS step after the item token is left out). The step is the first, or
+    with `decoder_prefix` = (decoder_input_ids [B, T], read_at [B]) the row's step `read_at` of a
+    teacher-forced decoder input (items written before the one scored).
     """
     b = encoder_hidden.shape[0]
     n = item_ids.shape[0]
     if atomic:
         t5 = model.t5
-        start = torch.full((b, 1), t5.config.decoder_start_token_id, dtype=torch.long, device=encoder_hidden.device)
+        device = encoder_hidden.device
+        if decoder_prefix is None:
+            decoder_ids = torch.full((b, 1), t5.config.decoder_start_token_id, dtype=torch.long, device=device)
+            read_at = torch.zeros(b, dtype=torch.long, device=device)
+        else:
+            decoder_ids, read_at = (t.to(device) for t in decoder_prefix)
         logits = t5(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
             attention_mask=encoder_mask,
-            decoder_input_ids=start,
+            decoder_input_ids=decoder_ids,
             use_cache=False,
             return_dict=True,
-        ).logits[:, 0].float()
+        ).logits[torch.arange(b, device=device), read_at].float()
         first = item_ids[:, 0].to(encoder_hidden.device)  # each item's single token
         return torch.log_softmax(logits, dim=-1)[:, first]
     candidates = torch.arange(n, device=encoder_hidden.device).expand(b, n)

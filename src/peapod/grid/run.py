@@ -122,6 +122,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
         run_dir, tasks=tasks, protocol=cell.protocol, split=spec.eval.split, max_users=spec.eval.max_users,
         seed=cell.seed, legacy_random_fill=spec.eval.legacy_random_fill, batch_size=spec.eval.batch_size,
         progress=progress, out=run_dir / f"metrics-{cell.protocol}.json",
+        decoder_history=cfg.model.decoder_history,  # inference only: the cell's config, whatever the run was trained with
     )
     return {
         "config": cfg.model_dump(),

@@ -74,6 +74,10 @@ class ModelConfig:
     # Order of a sequential input's history. "newest-first" writes the most recent item first, so an
     # item's whole-word id is its recency (2 = the last item) whatever the history's length.
     history_order: str = "oldest-first"
+    # Inference only: sequential and top-n scores teacher-force the user's most recent j items into the
+    # decoder and read step j (training taught step j with the j items after the encoder's history).
+    # Needs atomic items and item_targets > j; 0 reads the first step.
+    decoder_history: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -89,6 +93,11 @@ class ModelConfig:
             raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
         if self.item_targets < 1:
             raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
+        if self.decoder_history < 0 or self.decoder_history >= max(self.item_targets, 1) and self.decoder_history:
+            raise ValueError(
+                f"model.decoder_history must be 0 or in 1..model.item_targets - 1 ({self.item_targets - 1}), got {self.decoder_history}: "
+                "the decoder only learned to read up to item_targets - 1 items before the one it scores"
+            )
 
     @property
     def has_task_prompt(self) -> bool:

@@ -57,6 +57,10 @@ class ModelSection(_Section):
     history_order: Literal["oldest-first", "newest-first"] = Field(
         "oldest-first", description="order of a sequential input's history; 'newest-first' makes an item's whole-word id its recency"
     )
+    decoder_history: int = Field(
+        0, ge=0, le=63,
+        description="inference: the user's last j items are teacher-forced into the decoder and step j scores the items (needs item_targets > j)",
+    )
 
 
 class TrainSection(_Section):
@@ -122,6 +126,11 @@ class RunConfig(_Section):
         atomic = self.index.strategy == "atomic"
         if self.model.item_targets > 1 and not atomic:
             problems.append("model.item_targets > 1 needs index.strategy atomic")
+        if self.model.decoder_history and self.model.decoder_history >= self.model.item_targets:
+            problems.append(
+                f"model.decoder_history {self.model.decoder_history} needs model.item_targets > it "
+                f"(the decoder learned to read at most item_targets - 1 = {self.model.item_targets - 1} items)"
+            )
         if self.model.item_init == "cf" and not atomic:
             problems.append("model.item_init cf needs index.strategy atomic")
         ids = self.train.input_encoding == "ids"
