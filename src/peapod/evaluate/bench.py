@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import peapod
-from peapod.evaluate.runner import evaluate_task, load_setup, ranking_task_metrics
+from peapod.evaluate.tasks import evaluate_task, load_setup, ranking_task_metrics
 
 __all__ = ["format_speed_table", "run_eval_speed"]
 

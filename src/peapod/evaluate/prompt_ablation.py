@@ -18,7 +18,7 @@ import torch
 
 import peapod
 from peapod.evaluate.metrics import ndcg_gains, ranks_from_ranked_lists
-from peapod.evaluate.runner import TaskOutput, evaluate_task, load_setup, ranking_task_metrics
+from peapod.evaluate.tasks import TaskOutput, evaluate_task, load_setup, ranking_task_metrics
 
 __all__ = ["format_ablation_table", "run_user_prompt_ablation"]
 

@@ -1,0 +1,276 @@
+"""The per-task half of evaluation: what an evaluation reads (`EvalSetup`, `load_setup`) and one task's
+model outputs over a split (`evaluate_task`), before `peapod.evaluate.runner.evaluate_run` turns them
+into metrics. The protocol presets and decoding names live here too."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from peapod.data.dataset import Dataset, Explanation
+from peapod.data.loaders import is_embedded, load_dataset
+from peapod.data.negatives import ensure_negatives, read_negatives
+from peapod.evaluate.inference import (
+    Predictor,
+    Request,
+    normalize_task,
+    resolve_model_dir,
+)
+from peapod.evaluate.metrics import (
+    metrics_from_ranked_lists,
+    rank_of_target,
+    ranking_metrics,
+)
+from peapod.model.peapod import load_bundle
+
+TASK_ORDER = ("sequential", "topn", "explanation")
+SEQ_DECODINGS = ("beam", "constrained", "full")
+TOPN_DECODINGS = ("beam", "score")
+BEAM_SIZE = 20  # the published num_beams for both recommendation tasks
+SEQ_LIST_LENGTH = 20  # outputs per user for the sequential task (HR@20 needs 20)
+TOPN_LIST_LENGTH = 10  # the published top-n `top_n`
+SEQ_KS, SEQ_NDCG_KS = (1, 5, 10, 20), (5, 10, 20)
+TOPN_KS, TOPN_NDCG_KS = (1, 5, 10), (5, 10)
+LEGACY_REFERENCE_TOKENS = 20  # POD/PeaPOD `exp_len`: references cut to their first 20 tokenizer ids
+
+PROTOCOLS: dict[str, dict] = {
+    "legacy": {"sequential": "beam", "topn": "beam", "explanation": "legacy", "truncate_references": LEGACY_REFERENCE_TOKENS},
+    "rigorous": {"sequential": "full", "topn": "score", "explanation": "greedy", "truncate_references": None},
+}
+
+
+
+# ---- setup ------------------------------------------------------------------------------------
+@dataclass
+class EvalSetup:
+    """Everything an evaluation reads: model, data, fixed candidates, and where they came from."""
+
+    predictor: Predictor
+    dataset: Dataset
+    negatives: list[list[int]]
+    negatives_source: str
+    model_dir: Path
+    run_dir: Path | None
+    run_config: dict | None
+    data_path: str
+    load_seconds: float = 0.0
+    _explanations: dict[str, list[Explanation]] = field(default_factory=dict)
+
+    def explanations(self, split: str) -> list[Explanation]:
+        """Explanation records of a split; `val` is the training run's held-out validation part."""
+        if split not in self._explanations:
+            if split == "val":
+                from peapod.train.samplers import split_explanations
+
+                cfg = self.run_config or {}
+                frac = float(cfg.get("data", {}).get("explanation_val_fraction", 0.1))
+                seed = int(cfg.get("train", {}).get("seed", 0))
+                self._explanations[split] = split_explanations(self.dataset, frac, seed)[1]
+            else:
+                self._explanations[split] = self.dataset.explanations_for(split)
+        return self._explanations[split]
+
+
+def load_setup(path: str | Path, data: str | None = None, device: str | torch.device | None = None, decoder_history: int | None = None) -> EvalSetup:
+    """Load the model of a run (or model) directory, its dataset and its fixed top-n candidates.
+
+    `decoder_history`: override the model's (`Predictor`); inference only, so a trained run can be
+    read either way.
+
+    Raises:
+        FileNotFoundError: no model at `path`; ValueError: no dataset can be determined, or the
+        dataset does not match the model; DataError: unreadable data.
+    """
+    t0 = time.perf_counter()
+    model_dir, run_dir, cfg = resolve_model_dir(path)
+    bundle = load_bundle(model_dir, device="cpu")
+    data_path = data
+    if data_path is None and cfg is not None:
+        data_path = cfg.get("data", {}).get("path")
+    if data_path is None and is_embedded(bundle.extra.get("dataset", "")):
+        data_path = bundle.extra["dataset"]  # an embedded dataset is found by its name
+    if data_path is None:
+        raise ValueError(f"{path}: no dataset known for this model; pass --data (a P5 directory, a table, 'demo' or 'demo-toys')")
+    ds = load_dataset(data_path)
+    if ds.user_ids != bundle.user_ids or ds.item_ids != bundle.item_ids:
+        raise ValueError(
+            f"dataset {data_path!r} ({ds.n_users} users, {ds.n_items} items) is not the one the model was trained on "
+            f"({len(bundle.user_ids)} users, {len(bundle.item_ids)} items, same ids in the same order)"
+        )
+    home = run_dir if run_dir is not None else model_dir
+    cache = home / "negative_samples.txt"
+    if cache.is_file():
+        negatives, source = read_negatives(ds, cache), str(cache)
+    elif ds.negatives is not None:
+        negatives, source = ds.negatives, f"dataset {data_path} (its own negative_samples.txt)"
+    else:
+        seed = int((cfg or {}).get("data", {}).get("negatives_seed", 0))
+        negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
+    max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
+    predictor = Predictor(bundle, device=device, max_history=max_history, decoder_history=decoder_history)
+    return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
+
+
+# ---- per-task evaluation ----------------------------------------------------------------------
+@dataclass
+class TaskOutput:
+    """Model outputs of one task, before the seeded part (random fill) and the metrics."""
+
+    task: str
+    decoding: str
+    users: list[int]
+    targets: list[int] = field(default_factory=list)
+    lists: list[list[int]] | None = None  # ranked item lists (list-based decodings)
+    ranks: list[int] | None = None  # 0-based ranks (score-based decodings)
+    invalid: int = 0
+    outputs: int = 0
+    truncated_inputs: int = 0
+    wall_seconds: float = 0.0
+    encode_seconds: float = 0.0  # part of wall_seconds spent building inputs and running the encoder
+    extra: dict = field(default_factory=dict)
+    hypotheses: list[str] | None = None
+    records: list[Explanation] | None = None
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(
+        total=total, desc=desc, unit="user", dynamic_ncols=True, leave=False,
+        disable=not (enabled and sys.stderr.isatty()),
+    )
+
+
+def _batches(n: int, size: int):
+    for s in range(0, n, size):
+        yield s, min(n, s + size)
+
+
+def topn_candidates(target: int, negatives: Sequence[int], user: int) -> list[int]:
+    """The top-n input candidates of a user: target + negatives, shuffled with `random.Random(user)`."""
+    cands = [target] + list(negatives)
+    random.Random(user).shuffle(cands)
+    return cands
+
+
+def evaluate_task(
+    setup: EvalSetup,
+    task: str,
+    decoding: str,
+    split: str,
+    max_users: int | None,
+    batch_size: int,
+    *,
+    mask_history: bool = False,
+    progress: bool = False,
+) -> TaskOutput:
+    """Run the model for one task on the first `max_users` users (explanation: records) of `split`."""
+    task = normalize_task(task)
+    pred = setup.predictor
+    ds = setup.dataset
+    t0 = time.perf_counter()
+    if task == "explanation":
+        records = setup.explanations(split)
+        if max_users is not None:
+            records = records[:max_users]
+        out = TaskOutput(task, decoding, [e.user for e in records], records=records, hypotheses=[])
+        bar = _progress(len(records), "explanation", progress)
+        for s, e in _batches(len(records), batch_size):
+            chunk = records[s:e]
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("explanation", [r.item], r.user) for r in chunk])
+            out.encode_seconds += time.perf_counter() - t_enc
+            out.truncated_inputs += sum(enc.truncated)
+            out.hypotheses.extend(pred.explain(enc, decoding))
+            bar.update(len(chunk))
+        bar.close()
+        out.outputs = len(out.hypotheses)
+        out.invalid = sum(1 for h in out.hypotheses if not h.strip())
+        out.wall_seconds = time.perf_counter() - t0
+        return out
+
+    n = ds.n_users if max_users is None else min(max_users, ds.n_users)
+    users = list(range(n))
+    out = TaskOutput(task, decoding, users)
+    if task == "sequential":
+        out.lists = []
+    elif decoding == "beam":
+        out.lists = []
+        out.extra["off_candidate_outputs"] = 0
+    else:
+        out.ranks = []
+    bar = _progress(n, task, progress)
+    for s, e in _batches(n, batch_size):
+        chunk = users[s:e]
+        histories, targets = zip(*(ds.history_and_target(u, split) for u in chunk))
+        out.targets.extend(targets)
+        if task == "sequential":
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("sequential", h, u) for h, u in zip(histories, chunk)])
+            out.encode_seconds += time.perf_counter() - t_enc
+            exclude = [list(h) for h in histories] if mask_history else None
+            if decoding == "beam":
+                res = pred.beam_items(enc, BEAM_SIZE, SEQ_LIST_LENGTH)
+            elif decoding == "constrained":
+                res = pred.beam_items(enc, BEAM_SIZE, SEQ_LIST_LENGTH, constrained=True, exclude=exclude)
+            elif decoding == "full":
+                lists, _ = pred.top_k(enc, SEQ_LIST_LENGTH, exclude=exclude)
+                res = None
+                out.lists.extend(lists)
+                out.outputs += sum(len(x) for x in lists)
+            else:
+                raise ValueError(f"unknown sequential decoding {decoding!r}; choose {', '.join(SEQ_DECODINGS)}")
+            if res is not None:
+                out.lists.extend(res.items)
+                out.invalid += res.invalid
+                out.outputs += res.total
+        else:
+            cands = [topn_candidates(t, setup.negatives[u], u) for t, u in zip(targets, chunk)]
+            t_enc = time.perf_counter()
+            enc = pred.encode([Request("topn", c, u, profile=h) for c, u, h in zip(cands, chunk, histories)])
+            out.encode_seconds += time.perf_counter() - t_enc
+            if decoding == "beam":
+                res = pred.beam_items(enc, BEAM_SIZE, TOPN_LIST_LENGTH)
+                out.lists.extend(res.items)
+                out.invalid += res.invalid
+                out.outputs += res.total
+                out.extra["off_candidate_outputs"] += sum(
+                    1 for items, c in zip(res.items, cands) for i in items if i >= 0 and i not in set(c)
+                )
+            elif decoding == "score":
+                scores = pred.score_candidates(enc, cands)
+                where = torch.tensor([c.index(t) for c, t in zip(cands, targets)])
+                out.ranks.extend(rank_of_target(scores, where, ties="pessimistic").tolist())
+                out.outputs += len(chunk)  # one complete ranking per user; nothing can be invalid
+            else:
+                raise ValueError(f"unknown top-n decoding {decoding!r}; choose {', '.join(TOPN_DECODINGS)}")
+        out.truncated_inputs += sum(enc.truncated)
+        bar.update(len(chunk))
+    bar.close()
+    out.wall_seconds = time.perf_counter() - t0
+    return out
+
+
+def random_fill(lists: list[list[int]], n_items: int, seed: int, stream: int = 0) -> list[list[int]]:
+    """Replace every invalid (-1) entry by a uniformly random item, as the published scripts did.
+
+    Seeded by (seed, stream) and drawn in list order, so it is reproducible; valid entries are kept.
+    """
+    rng = np.random.default_rng([int(seed), int(stream)])
+    return [[int(rng.integers(n_items)) if i < 0 else i for i in items] for items in lists]
+
+
+def ranking_task_metrics(out: TaskOutput, seed: int, fill: bool, n_items: int) -> dict[str, float]:
+    ks, nks = (SEQ_KS, SEQ_NDCG_KS) if out.task == "sequential" else (TOPN_KS, TOPN_NDCG_KS)
+    if out.ranks is not None:
+        return ranking_metrics(out.ranks, ks=ks, ndcg_ks=nks)
+    lists = out.lists
+    if fill:
+        lists = random_fill(lists, n_items, seed, stream=TASK_ORDER.index(out.task))
+    return metrics_from_ranked_lists(lists, out.targets, ks=ks, ndcg_ks=nks)
