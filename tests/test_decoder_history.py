@@ -163,3 +163,12 @@ def test_evaluation_records_and_applies_the_override(demo, peapod, tmp_path):
     assert read["decoder_history"] == 2
     assert "decoder_history" in read["tasks"]["topn"] and "step 2 scores" in read["tasks"]["sequential"]["decoder_history"]
     assert plain["tasks"]["topn"]["per_seed"] != read["tasks"]["topn"]["per_seed"] or plain["tasks"]["sequential"]["per_seed"] != read["tasks"]["sequential"]["per_seed"]
+
+
+def test_the_user_prompt_ablation_reads_the_decoder_history_it_is_given(peapod, tmp_path):
+    from peapod.evaluate.prompt_ablation import run_user_prompt_ablation
+
+    cfg, bundle = peapod
+    save_bundle(bundle, tmp_path / "model", extra_files=None)
+    result = run_user_prompt_ablation(tmp_path / "model", tasks=("topn",), max_users=12, data="demo", batch_size=16, decoder_history=2)
+    assert result["decoder_history"] == 2 and result["users"] == 12

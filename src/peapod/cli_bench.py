@@ -64,11 +64,12 @@ def bench_user_prompts(
     split: str = typer.Option("test", "--split", help="val | test."),
     batch_size: int = typer.Option(32, "--batch-size", help="Requests per encoder pass."),
     data: str = typer.Option(None, "--data", help="Dataset for a model directory without a run config."),
+    decoder_history: int = typer.Option(None, "--decoder-history", help="History items handed to the decoder before the scored step (default: the model's)."),
     out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
 ) -> None:
     """Does the model use its personalized prompt? Metrics with own vs permuted users' prompts."""
-    if max_users < 0 or permutations < 1 or batch_size < 1:
-        fail("--max-users must be >= 0, --permutations and --batch-size >= 1")
+    if max_users < 0 or permutations < 1 or batch_size < 1 or (decoder_history is not None and decoder_history < 0):
+        fail("--max-users and --decoder-history must be >= 0, --permutations and --batch-size >= 1")
     _check_model_bench_args(run_dir, split)
     from peapod.evaluate.prompt_ablation import (
         format_ablation_table,
@@ -78,7 +79,7 @@ def bench_user_prompts(
     try:
         result = run_user_prompt_ablation(
             run_dir, tasks=tuple(_split_list(tasks) or ()), split=split, max_users=max_users or None,
-            permutations=permutations, seed=seed, batch_size=batch_size, data=data,
+            permutations=permutations, seed=seed, batch_size=batch_size, data=data, decoder_history=decoder_history,
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

@@ -42,6 +42,7 @@ def run_user_prompt_ablation(
     data: str | None = None,
     device: str | None = None,
     progress: bool = False,
+    decoder_history: int | None = None,
 ) -> dict:
     """Metrics with own vs permuted user prompts on the first `max_users` users of `split`.
 
@@ -49,6 +50,7 @@ def run_user_prompt_ablation(
         path: run directory (its best/ model) or model directory of a `peapod` variant.
         tasks: ranking tasks, any of "sequential", "topn".
         permutations: how many random permutations to average (each seeded `seed + i`).
+        decoder_history: history items handed to the decoder (`Predictor`); default the model's.
     Returns:
         {"own": {task: metrics}, "permuted": {task: metrics averaged over permutations},
          "paired": {task: {"metric", "own", "permuted", "difference", "std_error"}}, ...}
@@ -61,7 +63,7 @@ def run_user_prompt_ablation(
         raise ValueError(f"unknown ranking task(s) {unknown}; choose from {', '.join(EXACT_DECODING)}")
     if permutations < 1:
         raise ValueError("permutations must be at least 1")
-    setup = load_setup(path, data=data, device=device)
+    setup = load_setup(path, data=data, device=device, decoder_history=decoder_history)
     model = setup.predictor.model
     if not model.config.has_user_prompt:
         raise ValueError(f"the model at {path} is variant {model.config.variant!r}: it has no user prompt to ablate")
@@ -99,6 +101,7 @@ def run_user_prompt_ablation(
         "seeds": [seed + i for i in range(permutations)],
         "users_keeping_own_prompt": fixed_points,
         "decoding": {t: EXACT_DECODING[t] for t in tasks},
+        "decoder_history": setup.predictor.decoder_history,
         "peapod_version": peapod.__version__,
         "own": {}, "permuted": {}, "paired": {},
     }
