@@ -117,6 +117,14 @@ def test_topn_reads_the_profile_and_refuses_without_one(demo, peapod):
     assert torch.allclose(got, torch.log_softmax(logits.float(), -1)[:, first[list(cands)]], atol=1e-4)
 
 
+def test_a_candidate_reading_top_n_keeps_its_first_step(demo):
+    """Top-n trained on candidate lists has one target item: only the sequential task reads history there."""
+    cfg, bundle = _bundle(demo, ["model.topn_input=candidates", "train.topn_candidates=20"])
+    predictor = Predictor(bundle, max_history=cfg.train.max_history, decoder_history=1)
+    assert predictor.decoder_items(Request("topn", (1, 2, 3), user=0)) == ()
+    assert predictor.decoder_items(Request("sequential", (1, 2, 3), user=0)) == (3,)
+
+
 def test_rows_of_a_batch_read_their_own_step(demo, peapod):
     """A one-item history keeps its item in the encoder (no decoder items): in a batch with longer
     histories its scores are those of the first step, and every row matches its own single-row scores."""

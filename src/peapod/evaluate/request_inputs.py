@@ -31,9 +31,10 @@ class RequestInputsMixin:
     def decoder_items(self, request: Request) -> tuple[int, ...]:
         """The items teacher-forced into the decoder before the scored step, oldest first: with
         `decoder_history` j, a sequential request's last j history items (at least one stays in the
-        encoder) and a top-n request's last j profile items; none for explanations."""
+        encoder) and a top-n request's last j profile items; none for explanations, nor for top-n
+        when the model reads candidates (it was trained on one target item there, `topn_rows`)."""
         j = self.decoder_history
-        if j == 0 or request.task == "explanation":
+        if j == 0 or request.task == "explanation" or (request.task == "topn" and self.model.config.topn_input != "user"):
             return ()
         if request.task == "sequential":
             j = min(j, len(request.items) - 1)

@@ -76,7 +76,7 @@ class ModelConfig:
     history_order: str = "oldest-first"
     # Inference only: sequential and top-n scores teacher-force the user's most recent j items into the
     # decoder and read step j (training taught step j with the j items after the encoder's history).
-    # Needs atomic items and item_targets > j; 0 reads the first step.
+    # Needs atomic items and item_targets > j; 0 reads the first step. Top-n reads it only candidate-free.
     decoder_history: int = 0
     seed: int = 0
 

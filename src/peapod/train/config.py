@@ -59,7 +59,8 @@ class ModelSection(_Section):
     )
     decoder_history: int = Field(
         0, ge=0, le=63,
-        description="inference: the user's last j items are teacher-forced into the decoder and step j scores the items (needs item_targets > j)",
+        description="inference: the user's last j items are teacher-forced into the decoder and step j scores the items "
+        "(needs item_targets > j; top-n only with topn_input user, the candidate-free form trained on item_targets items)",
     )
 
 
