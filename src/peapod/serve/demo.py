@@ -23,7 +23,7 @@ __all__ = ["DEMO_CONFIG", "DEMO_OUTPUTS", "DemoError", "demo_config", "run_demo"
 DEMO_CONFIG: dict = {
     "data": {"path": "demo"},
     "index": {"strategy": "atomic"},
-    "model": {"variant": "peapod", "composer": "neighbors", "backbone": "cpu-d128", "n_neighbors": 10, "cf_dim": 32, "cf_iterations": 8, "topn_input": "user", "item_targets": 5, "item_init": "cf", "history_order": "newest-first", "decoder_history": 1, "dropout": 0.3},
+    "model": {"variant": "peapod", "composer": "neighbors", "backbone": "cpu-d128", "n_neighbors": 10, "cf_dim": 32, "cf_iterations": 8, "topn_input": "user", "item_targets": 5, "item_init": "cf", "history_order": "newest-first", "decoder_history": 0, "dropout": 0.3},
     "train": {"seed": 0, "lr": 0.003, "batch_size": 128, "epochs": 2, "patience": 3, "max_history": 20, "input_encoding": "ids", "seq_positions": "all", "item_softmax": "items", "prompt_history": "prefix", "select_by": "ndcg", "max_input_length": 64, "max_target_length": 48, "checkpoint_every": 200, "log_every": 10, "val_max_users": 500},
     "eval": {"max_users": 500, "batch_size": 128},
 }
