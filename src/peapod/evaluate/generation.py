@@ -21,10 +21,11 @@ from peapod.evaluate.trie_decoding import TrieLogitsProcessor, decode_items
 class GenerationMixin:
     """Beam search over item ids and explanation decoding for `Predictor`."""
 
-    def _generate(self, enc: Encoded, **kwargs):
+    def _generate(self, hidden: torch.Tensor, mask: torch.Tensor, **kwargs):
+        """`t5.generate` from encoder states [B, S, d] and their mask [B, S] (the encoder is not rerun)."""
         return self.model.t5.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden),
-            attention_mask=enc.mask,
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=mask,
             do_sample=False,
             **kwargs,
         )
@@ -91,10 +92,7 @@ class GenerationMixin:
                     trie, t5.decoder_start_token_id, None if banned is None else banned[rows].to(self.device), num_beams, prefix_length=length
                 )
                 group["logits_processor"] = LogitsProcessorList([processor])
-            out = self.model.t5.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden[rows.to(enc.hidden.device)]),
-                attention_mask=enc.mask[rows.to(enc.mask.device)], do_sample=False, **group,
-            )
+            out = self._generate(enc.hidden[rows.to(enc.hidden.device)], enc.mask[rows.to(enc.mask.device)], **group)
             seqs = out.sequences.cpu()
             seqs = torch.cat([seqs[:, :1], seqs[:, 1 + length :]], 1)  # the start token, then what was generated
             decoded = [t.strip() for t in self.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
@@ -135,5 +133,5 @@ class GenerationMixin:
         for key, value in (("num_beams", num_beams), ("min_length", min_length), ("max_length", max_length)):
             if value is not None:
                 settings[key] = int(value)
-        seqs = self._generate(enc, num_return_sequences=1, **settings)
+        seqs = self._generate(enc.hidden, enc.mask, num_return_sequences=1, **settings)
         return [t.strip() for t in self.tokenizer.batch_decode(seqs.cpu(), skip_special_tokens=True)]

@@ -93,7 +93,7 @@ class ModelConfig:
             raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
         if self.item_targets < 1:
             raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
-        if self.decoder_history < 0 or self.decoder_history >= max(self.item_targets, 1) and self.decoder_history:
+        if self.decoder_history < 0 or (self.decoder_history and self.decoder_history >= self.item_targets):
             raise ValueError(
                 f"model.decoder_history must be 0 or in 1..model.item_targets - 1 ({self.item_targets - 1}), got {self.decoder_history}: "
                 "the decoder only learned to read up to item_targets - 1 items before the one it scores"
