@@ -180,3 +180,41 @@ def test_the_user_prompt_ablation_reads_the_decoder_history_it_is_given(peapod, 
     save_bundle(bundle, tmp_path / "model", extra_files=None)
     result = run_user_prompt_ablation(tmp_path / "model", tasks=("topn",), max_users=12, data="demo", batch_size=16, decoder_history=2)
     assert result["decoder_history"] == 2 and result["users"] == 12
+
+
+def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
+    """Best-epoch selection ranks the validation item where the evaluation will: the last training item
+    in the decoder, step 1 read, its NDCG@10 that of the predictor's full-catalogue scores."""
+    from contextlib import nullcontext
+
+    from peapod.train.validation import validation_losses
+
+    cfg, bundle = pod  # decoder_history 1 (configs/laptop.yaml), item_targets 3
+    data = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg, bundle.model.config.max_whole_words)
+    n = 24
+    tables = data.validation([list(range(99))] * demo.n_users, [], max_users=n)
+    predictor = Predictor(bundle, max_history=cfg.train.max_history, decoder_history=1)
+    first = predictor.item_tokens[0][:, 0]
+    expected = {}
+    for task, table in tables.items():
+        history = [tuple(demo.train_items(u)) for u in range(n)]
+        val = [demo.history_and_target(u, "val")[1] for u in range(n)]
+        assert table.score_step.tolist() == [min(1, len(h) - (task == "sequential")) for h in history]
+        assert table.labels[:, 0].tolist() == [int(first[h[-1]]) for h in history]  # the decoder's item
+        assert table.labels[torch.arange(n), table.score_step].tolist() == [int(first[v]) for v in val]
+        if task == "sequential":
+            requests = [Request("sequential", h, user=u) for u, h in enumerate(history)]
+        else:
+            requests = [Request("topn", (0,), user=u, profile=h) for u, h in enumerate(history)]
+        scores = predictor.score_all_items(requests)
+        target = scores[torch.arange(n), val]
+        rank = (scores >= target[:, None]).sum(1) - 1
+        expected[task] = float(torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(n)).mean())
+    losses, ndcg = validation_losses(bundle.model, tables, None, 8, torch.device("cpu"), 0, 1, nullcontext)
+    bundle.model.eval()  # validation leaves the model in training mode; the fixture is shared
+    assert ndcg == pytest.approx(expected, abs=1e-6)
+    assert all(np.isfinite(v) for v in losses.values())
+    # Without decoder history the first step is read, as before.
+    cfg0 = load_config(LAPTOP, SMALL + ["model.variant=pod", "model.decoder_history=0"])
+    plain = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg0, bundle.model.config.max_whole_words).validation([list(range(99))] * demo.n_users, [], max_users=n)
+    assert plain["sequential"].score_step is None and plain["sequential"].labels.shape[1] == 1

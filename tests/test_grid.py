@@ -153,6 +153,23 @@ def test_a_cell_recomputed_in_a_fresh_folder_reproduces_its_row(tiny_grid, tmp_p
     assert {t: s["metrics"] for t, s in again[0]["tasks"].items()} == {t: s["metrics"] for t, s in first["tasks"].items()}
 
 
+def test_a_trained_run_is_re_read_only_under_its_own_configuration(tiny_grid, tmp_path):
+    """A cell whose run finished is evaluated again without training; a recipe changed since is refused."""
+    import shutil
+
+    spec_path, out, results, _ = tiny_grid
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    (copy / "cells" / "demo__pod__rigorous__seed0.json").unlink()
+    again = run_grid(spec_path, copy, variants=["pod"], protocols=["rigorous"])
+    first = next(r for r in results if r["cell"]["variant"] == "pod" and r["cell"]["protocol"] == "rigorous")
+    assert again[0]["training"] == first["training"]  # read back from the run, not retrained
+    (copy / "cells" / "demo__pod__rigorous__seed0.json").unlink()
+    changed = write_spec(tmp_path, seeds={"legacy": [0], "rigorous": [0]}, set=["train.val_max_users=10", "train.lr=0.002"])
+    with pytest.raises(GridError, match=r"trained under another configuration \(train.lr: trained 0.003, cell 0.002\)"):
+        run_grid(changed, copy, variants=["pod"], protocols=["rigorous"])
+
+
 def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):
     spec_path, out, _, _ = tiny_grid
     env = dict(os.environ, OMP_NUM_THREADS="1")

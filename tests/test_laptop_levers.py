@@ -20,7 +20,8 @@ from peapod.model.item_head import project_factors
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, source_text
 from peapod.train.config import ConfigError, load_config
-from peapod.train.id_batches import IdEpoch, IdTrainingData, first_item_ndcg, TrainSequences, sequential_rows, topn_rows
+from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
+from peapod.train.validation import first_item_ndcg
 from peapod.train.samplers import split_explanations
 from peapod.train.token_tables import TokenTables, sentence_labels
 from peapod.train.trainer import train
@@ -247,19 +248,21 @@ def test_laptop_recipe_trains_and_resumes_exactly_after_a_crash(tmp_path, monkey
     assert got["history"] == ref["history"]
 
 
-def test_validation_ndcg_ranks_the_first_target_among_all_items(demo, atomic_model):
+def test_validation_ndcg_ranks_the_target_among_all_items(demo, atomic_model):
     cfg, index, model, tok = atomic_model
     data = IdTrainingData(demo, index, tok, [], cfg, 512)
     negatives = [list(range(99)) for _ in range(demo.n_users)]
     table = data.validation(negatives, [], max_users=20)["sequential"]
+    steps = table.score_step  # the recipe's decoder history: the validation item is read after the last training item
+    assert steps is not None and int(steps.max()) == cfg.model.decoder_history == 1
     batch = table.batch(np.arange(20), torch.device("cpu"))
     model.eval()
     with torch.no_grad():
-        restricted = first_item_ndcg(model(**batch).logits, batch, table.rank_space)
+        restricted = first_item_ndcg(model(**batch).logits, batch, table.rank_space, steps=steps)
         full_batch = {k: v for k, v in batch.items() if k != "label_space"}
-        full = first_item_ndcg(model(**full_batch).logits, full_batch, table.rank_space)
-        logits = model(**full_batch).logits[:, 0, table.rank_space]
-    target_col = torch.searchsorted(table.rank_space, batch["labels"][:, 0])
+        full = first_item_ndcg(model(**full_batch).logits, full_batch, table.rank_space, steps=steps)
+        logits = model(**full_batch).logits[torch.arange(20), steps][:, table.rank_space]
+    target_col = torch.searchsorted(table.rank_space, batch["labels"][torch.arange(20), steps].contiguous())
     rank = (logits >= logits.gather(1, target_col[:, None])).sum(1) - 1
     expected = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(20))
     assert torch.allclose(restricted, expected, atol=1e-6) and torch.allclose(full, expected, atol=1e-6)

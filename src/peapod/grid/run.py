@@ -100,6 +100,31 @@ def _metric_sections(result: dict) -> dict:
     return {task: {k: sec[k] for k in keep if k in sec} for task, sec in result["tasks"].items()}
 
 
+# Settings a trained run is re-read under without retraining: inference only.
+_READ_ONLY = {"model.decoder_history"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_trained_run(run_dir: Path, config: dict) -> None:
+    """Refuse to evaluate a finished run trained under another configuration than the cell's: a grid
+    whose recipe changed must not report the old runs as the new recipe's rows."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise GridError(f"{run_dir} has a summary.json but no config.json; move it away to retrain the cell")
+    trained, wanted = _flat(json.loads(path.read_text())), _flat(config)
+    # Keys the run's config lacks are switches added since, whose defaults keep the old behaviour.
+    differ = sorted(k for k in set(trained) & set(wanted) if not k.startswith("eval.") and k not in _READ_ONLY and trained[k] != wanted[k])
+    if differ:
+        shown = ", ".join(f"{k}: trained {trained[k]!r}, cell {wanted[k]!r}" for k in differ[:6])
+        raise GridError(f"{run_dir} was trained under another configuration ({shown}); move it away to retrain the cell")
+
+
 def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
     from peapod.evaluate.runner import evaluate_run
     from peapod.train.checkpoint import checkpoint_exists
@@ -111,6 +136,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
     cfg = load_config(spec.config, overrides)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
+        check_trained_run(run_dir, cfg.model_dump())
         summary = json.loads(summary_path.read_text())
     elif checkpoint_exists(run_dir / "checkpoint"):
         summary = train(cfg, run_dir, resume=True, quiet=not progress)

@@ -103,7 +103,8 @@ class TrainSection(_Section):
         "or from those before its target ('prefix', as at test time); variants without a user prompt ignore it",
     )
     select_by: Literal["loss", "ndcg"] = Field(
-        "loss", description="best epoch and early stopping: mean validation loss, or mean validation NDCG@10 of the item tasks (atomic ids)"
+        "loss", description="best epoch and early stopping: mean validation loss, or mean validation NDCG@10 of the item tasks (atomic ids), "
+        "read at the decoder step the evaluation reads (after model.decoder_history items)"
     )
 
 

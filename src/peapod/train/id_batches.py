@@ -167,6 +167,7 @@ class EncodedRows:
     rank_space: torch.Tensor | None = None  # item tasks: the item tokens a validation target is ranked among
     cf_query: torch.Tensor | None = None  # [N, cf_dim] prompt owners' CF vectors (prompt_history prefix)
     neighbors: torch.Tensor | None = None  # [N, k] their nearest training users
+    score_step: torch.Tensor | None = None  # [N] validation: the decoder step ranked, after the decoder history
 
     def __len__(self) -> int:
         return self.users.shape[0]
@@ -193,26 +194,6 @@ class EncodedRows:
             out["cf_query"] = self.cf_query[rows].to(device)
             out["neighbors"] = self.neighbors[rows].to(device)
         return out
-
-
-@torch.no_grad()
-def first_item_ndcg(logits: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """Per row, NDCG@k of the first target item among all items, read off the first decoder step.
-
-    logits: [B, T, V] (or [B, T, V'] over `batch["label_space"]`); rank_space: [N] item token ids.
-    Ties count against the target. This is what the evaluation ranks for atomic items.
-    """
-    first = logits[:, 0].float()
-    target = batch["labels"][:, 0]
-    space = batch.get("label_space")
-    if space is not None:
-        columns = torch.searchsorted(space, rank_space.to(space.device))
-        target = torch.searchsorted(space, target)
-    else:
-        columns = rank_space.to(first.device)
-    target_score = first.gather(1, target[:, None])
-    rank = (first[:, columns] > target_score).sum(1) + (first[:, columns] == target_score).sum(1) - 1
-    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
 
 
 def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -343,28 +324,47 @@ class IdTrainingData:
 
     def validation(self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None) -> dict[str, EncodedRows]:
         """Fixed validation tables per task, in the evaluation input form: the last max_history training
-        items -> the validation item; top-n as the model reads it; held-out explanations."""
+        items -> the validation item; top-n as the model reads it; held-out explanations. With
+        `model.decoder_history` j (atomic items), the user's last j training items go into the decoder
+        before the validation item, as the evaluation hands them (`RequestInputsMixin.decoder_items`:
+        sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
         t, m = self.cfg.train, self.cfg.model
         ds = self.ds
         users = np.arange(ds.n_users if max_users is None else min(max_users, ds.n_users))
-        targets = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)[:, None]
+        val_items = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)
         stop = self.seqs.lengths[users]
+        j = m.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0
         out = {}
         if "sequential" in t.tasks:
-            hist = self.seqs.window(users, np.maximum(0, stop - t.max_history), stop, t.max_history)
-            out["sequential"] = self.encode(TaskRows("sequential", users, users, hist, targets))
+            steps = np.minimum(j, np.maximum(stop - 1, 0))
+            end = stop - steps
+            hist = self.seqs.window(users, np.maximum(0, end - t.max_history), end, t.max_history)
+            out["sequential"] = self._validation_table("sequential", users, hist, end, stop, steps, val_items, j)
         if "topn" in t.tasks:
             if m.topn_input == "user":
                 inputs = np.zeros((len(users), 0), dtype=np.int64)
-            else:
+                steps = np.minimum(j, stop)
+            else:  # the decoder was trained on one item here: no history in it
                 rows = []
-                for u, target in zip(users.tolist(), targets[:, 0].tolist()):
+                for u, target in zip(users.tolist(), val_items.tolist()):
                     cands = [target] + list(negatives[u][: t.topn_candidates - 1])
                     random.Random(u).shuffle(cands)  # as validation_examples and the evaluation do
                     rows.append(cands)
                 inputs = np.array(rows, dtype=np.int64)
-            out["topn"] = self.encode(TaskRows("topn", users, users, inputs, targets))
+                steps = np.zeros_like(stop)
+            out["topn"] = self._validation_table("topn", users, inputs, stop - steps, stop, steps, val_items, j)
         if "explanation" in t.tasks and explanations_val:
             sentences = sentence_labels(self.tokenizer, [e.text for e in explanations_val], t.max_target_length)
             out["explanation"] = self.encode(explanation_rows(explanations_val, None, 0.0, 0), sentences)
         return out
+
+    def _validation_table(self, task, users, inputs, start, stop, steps, val_items, j) -> EncodedRows:
+        """Targets [N, j + 1]: training items start..stop-1 (the decoder history), then the validation item."""
+        targets = np.full((len(users), j + 1), -1, dtype=np.int64)
+        if j:
+            targets[:, :j] = self.seqs.window(users, start, stop, j)
+        targets[np.arange(len(users)), steps] = val_items
+        table = self.encode(TaskRows(task, users, users, inputs, targets))
+        if j:
+            table.score_step = torch.from_numpy(steps)
+        return table

@@ -37,9 +37,10 @@ from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bund
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
-from peapod.train.id_batches import EncodedRows, IdTrainingData, first_item_ndcg
+from peapod.train.id_batches import IdTrainingData
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
+from peapod.train.validation import all_reduce_sum, validation_losses
 
 
 # ---- distributed --------------------------------------------------------------------------------
@@ -57,17 +58,9 @@ def _dist_setup(device_pref: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu" if device_pref in ("auto", "cpu") else device_pref)
 
 
-def _all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def _any_rank(flag: bool, device: torch.device, world: int) -> bool:
     """True on every rank when it is true on one (a wall-clock decision all ranks must share)."""
-    return _all_reduce_sum([float(flag)], device, world)[0] > 0
+    return all_reduce_sum([float(flag)], device, world)[0] > 0
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -125,38 +118,6 @@ def _lr_lambda(warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return f
-
-
-@torch.no_grad()
-def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], tokenizer, cfg, max_words, device, rank, world, autocast) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean token loss per task on fixed validation examples (all-reduced across ranks), and for item
-    tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target.
-
-    A task's examples are text `Example`s or an `EncodedRows` table (`train.input_encoding: ids`)."""
-    model.eval()
-    out, ndcg = {}, {}
-    for task, exs in examples.items():
-        mine = list(range(rank, len(exs), world))
-        total, count, gain = 0.0, 0, 0.0
-        ranked = isinstance(exs, EncodedRows) and exs.rank_space is not None
-        for i in range(0, len(mine), cfg.eval.batch_size):
-            chunk = mine[i : i + cfg.eval.batch_size]
-            if isinstance(exs, EncodedRows):
-                batch = exs.batch(np.array(chunk), device)
-            else:
-                batch = collate([exs[j] for j in chunk], tokenizer, cfg, max_words, device)
-            with autocast():
-                result = model(**batch)
-            total += float(result.loss) * len(chunk)
-            count += len(chunk)
-            if ranked:
-                gain += float(first_item_ndcg(result.logits, batch, exs.rank_space).sum())
-        total, count, gain = _all_reduce_sum([total, float(count), gain], device, world)
-        out[task] = total / max(count, 1.0)
-        if ranked:
-            ndcg[task] = gain / max(count, 1.0)
-    model.train()
-    return out, ndcg
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -335,7 +296,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
             break  # max_steps or max_minutes reached mid-epoch
         # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
         # a DDP forward may broadcast buffers, a collective every rank would have to join.
-        val, val_ndcg = validation_losses(model, val_examples, tokenizer, cfg, max_words, device, rank, world, autocast)
+        val, val_ndcg = validation_losses(
+            model, val_examples, lambda exs: collate(exs, tokenizer, cfg, max_words, device), cfg.eval.batch_size, device, rank, world, autocast
+        )
         mean_val = sum(val.values()) / max(len(val), 1)
         entry = {"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val}
         if val_ndcg:

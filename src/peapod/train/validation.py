@@ -1,0 +1,90 @@
+"""Validation during training: per-task loss and, for item tasks over atomic items, the NDCG@10 the
+evaluation would give the validation item (`train.select_by: ndcg` picks the best epoch by it).
+
+With `model.decoder_history` j > 0 a validation row's decoder is handed the user's last j training
+items before the validation item (`IdTrainingData.validation`), and the row is read at step j, as
+the evaluation reads it (`EncodedRows.score_step`). Its loss is then the validation item's loss at
+that step alone, not the prefix items'."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from peapod.train.id_batches import EncodedRows
+from peapod.train.samplers import Example
+
+
+def all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _scored(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [B, V'] of each row's scored step, the target's column [B] in them)."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    at = torch.zeros_like(rows) if steps is None else steps.to(logits.device)
+    scores = logits[rows, at].float()
+    target = batch["labels"][rows, at]
+    space = batch.get("label_space")
+    if space is not None:
+        target = torch.searchsorted(space, target)
+    return scores, target
+
+
+@torch.no_grad()
+def first_item_ndcg(logits: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10, steps: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, NDCG@k of the target item among all items, read off its scored decoder step.
+
+    logits: [B, T, V] (or [B, T, V'] over `batch["label_space"]`); rank_space: [N] item token ids;
+    steps: [B] the decoder step each row is scored at (the first when None). Ties count against the
+    target. This is what the evaluation ranks for atomic items.
+    """
+    scores, target = _scored(logits, batch, steps)
+    space = batch.get("label_space")
+    columns = torch.searchsorted(space, rank_space.to(space.device)) if space is not None else rank_space.to(scores.device)
+    target_score = scores.gather(1, target[:, None])
+    ranked = scores[:, columns]
+    rank = (ranked > target_score).sum(1) + (ranked == target_score).sum(1) - 1
+    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
+
+
+@torch.no_grad()
+def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], collate, batch_size: int, device, rank, world, autocast) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean loss per task on fixed validation examples (all-reduced across ranks), and for item
+    tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target.
+
+    A task's examples are text `Example`s (made into a batch by `collate(examples)`) or an
+    `EncodedRows` table (`train.input_encoding: ids`)."""
+    model.eval()
+    out, ndcg = {}, {}
+    for task, exs in examples.items():
+        mine = list(range(rank, len(exs), world))
+        total, count, gain = 0.0, 0, 0.0
+        ranked = isinstance(exs, EncodedRows) and exs.rank_space is not None
+        steps = exs.score_step if isinstance(exs, EncodedRows) else None
+        for i in range(0, len(mine), batch_size):
+            chunk = mine[i : i + batch_size]
+            batch = exs.batch(np.array(chunk), device) if isinstance(exs, EncodedRows) else collate([exs[j] for j in chunk])
+            step = steps[chunk] if steps is not None else None
+            with autocast():
+                result = model(**batch)
+            if step is None:
+                total += float(result.loss) * len(chunk)
+            else:
+                scores, target = _scored(result.logits, batch, step)
+                total += float(F.cross_entropy(scores, target, reduction="sum"))
+            count += len(chunk)
+            if ranked:
+                gain += float(first_item_ndcg(result.logits, batch, exs.rank_space, steps=step).sum())
+        total, count, gain = all_reduce_sum([total, float(count), gain], device, world)
+        out[task] = total / max(count, 1.0)
+        if ranked:
+            ndcg[task] = gain / max(count, 1.0)
+    model.train()
+    return out, ndcg
