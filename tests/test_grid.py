@@ -288,3 +288,23 @@ def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_shar
     assert run_key(shared, Cell("demo", "popularity", "any", 0)) == "demo__popularity__any__seed0"
     with pytest.raises(GridError, match="variant_set names sasrec"):
         load_grid_spec(write_spec(tmp_path, variant_set={"sasrec": ["train.lr=0.5"]}))
+
+
+def test_dataset_set_applies_to_one_dataset_and_an_ablation_lever_still_wins(tmp_path):
+    from peapod.grid import _generative_overrides
+    from peapod.train.config import load_config
+
+    spec = load_grid_spec(write_spec(
+        tmp_path, datasets={"demo": "demo", "other": "demo"}, dataset_set={"other": ["train.epochs=4"]},
+        ablations={"epochs-1": {"base": "pod", "set": ["train.epochs=1"]}}, variants=["pod", "epochs-1"],
+    ))
+    def epochs(cell: Cell) -> int:
+        return load_config(spec.config, _generative_overrides(spec, cell, ["sequential"])).train.epochs
+
+    base = load_config(spec.config).train.epochs
+    assert base not in (1, 4)
+    assert epochs(Cell("demo", "pod", "rigorous", 0)) == base
+    assert epochs(Cell("other", "pod", "rigorous", 0)) == 4
+    assert epochs(Cell("other", "epochs-1", "rigorous", 0)) == 1
+    with pytest.raises(GridError, match="dataset_set names sports"):
+        load_grid_spec(write_spec(tmp_path, dataset_set={"sports": ["train.epochs=4"]}))

@@ -21,7 +21,7 @@ from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, source_text
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
-from peapod.train.validation import first_item_ndcg
+from peapod.train.validation import scored_item_ndcg, scored_step
 from peapod.train.samplers import split_explanations
 from peapod.train.token_tables import TokenTables, sentence_labels
 from peapod.train.trainer import train
@@ -258,9 +258,9 @@ def test_validation_ndcg_ranks_the_target_among_all_items(demo, atomic_model):
     batch = table.batch(np.arange(20), torch.device("cpu"))
     model.eval()
     with torch.no_grad():
-        restricted = first_item_ndcg(model(**batch).logits, batch, table.rank_space, steps=steps)
+        restricted = scored_item_ndcg(*scored_step(model(**batch).logits, batch, steps), batch, table.rank_space)
         full_batch = {k: v for k, v in batch.items() if k != "label_space"}
-        full = first_item_ndcg(model(**full_batch).logits, full_batch, table.rank_space, steps=steps)
+        full = scored_item_ndcg(*scored_step(model(**full_batch).logits, full_batch, steps), full_batch, table.rank_space)
         logits = model(**full_batch).logits[torch.arange(20), steps][:, table.rank_space]
     target_col = torch.searchsorted(table.rank_space, batch["labels"][torch.arange(20), steps].contiguous())
     rank = (logits >= logits.gather(1, target_col[:, None])).sum(1) - 1

@@ -84,6 +84,7 @@ def _generative_overrides(spec: GridSpec, cell: Cell, tasks: list[str]) -> list[
         f"eval.protocol={_training_protocol(spec, cell)}",
         "train.tasks=[" + ",".join(tasks) + "]",
     ]
+    out += spec.dataset_set.get(cell.dataset, [])
     ablation = spec.ablations.get(cell.variant)
     out += GENERATIVE[ablation.base] + ablation.set if ablation else GENERATIVE[cell.variant]
     out += spec.variant_set.get(cell.variant, [])

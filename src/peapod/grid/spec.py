@@ -98,6 +98,9 @@ class GridSpec(_Strict):
     # Overrides for one generative variant only (applied before `set`): e.g. p5's text inputs in a grid
     # whose config uses id inputs (`p5: [train.input_encoding=text, ...]`).
     variant_set: dict[str, list[str]] = {}
+    # Overrides for one dataset's generative cells, applied before the variant's own (so an ablation's
+    # lever still wins): e.g. fewer epochs where a larger dataset would outrun the time budget.
+    dataset_set: dict[str, list[str]] = {}
     sasrec: dict = {}
     description: str = ""
     # Item indexing per protocol, where a grid departs from INDEXING (e.g. the laptop grid's atomic ids).
@@ -137,6 +140,15 @@ class GridSpec(_Strict):
         bad = [x for x in v if x not in known]
         if bad:
             raise ValueError(f"variant_set names {', '.join(bad)}, not a generative variant or ablation ({', '.join(known)})")
+        return v
+
+    @field_validator("dataset_set")
+    @classmethod
+    def _dataset_set(cls, v: dict[str, list[str]], info) -> dict[str, list[str]]:
+        known = info.data.get("datasets", {})
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ValueError(f"dataset_set names {', '.join(bad)}, not a dataset of this grid ({', '.join(known)})")
         return v
 
     @field_validator("protocols")

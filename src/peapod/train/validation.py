@@ -25,8 +25,11 @@ def all_reduce_sum(values: list[float], device: torch.device, world: int) -> lis
     return t.tolist()
 
 
-def _scored(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores [B, V'] of each row's scored step, the target's column [B] in them)."""
+def scored_step(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [B, V'] of each row's scored step, the target's column [B] in them).
+
+    logits: [B, T, V'] (V' = `batch["label_space"]` where the item softmax is restricted); steps: [B]
+    the decoder step each row is scored at (the first when None)."""
     rows = torch.arange(logits.shape[0], device=logits.device)
     at = torch.zeros_like(rows) if steps is None else steps.to(logits.device)
     scores = logits[rows, at].float()
@@ -38,14 +41,13 @@ def _scored(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tu
 
 
 @torch.no_grad()
-def first_item_ndcg(logits: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10, steps: torch.Tensor | None = None) -> torch.Tensor:
-    """Per row, NDCG@k of the target item among all items, read off its scored decoder step.
+def scored_item_ndcg(scores: torch.Tensor, target: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Per row, NDCG@k of the target item among all items at the row's scored step.
 
-    logits: [B, T, V] (or [B, T, V'] over `batch["label_space"]`); rank_space: [N] item token ids;
-    steps: [B] the decoder step each row is scored at (the first when None). Ties count against the
-    target. This is what the evaluation ranks for atomic items.
+    scores: [B, V] (or [B, V'] over `batch["label_space"]`) and target: [B], as `scored_step` gives
+    them; rank_space: [N] item token ids. Ties count against the target. This is what the evaluation
+    ranks for atomic items.
     """
-    scores, target = _scored(logits, batch, steps)
     space = batch.get("label_space")
     columns = torch.searchsorted(space, rank_space.to(space.device)) if space is not None else rank_space.to(scores.device)
     target_score = scores.gather(1, target[:, None])
@@ -76,12 +78,13 @@ def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], c
                 result = model(**batch)
             if step is None:
                 total += float(result.loss) * len(chunk)
-            else:
-                scores, target = _scored(result.logits, batch, step)
-                total += float(F.cross_entropy(scores, target, reduction="sum"))
+            if step is not None or ranked:
+                scores, target = scored_step(result.logits, batch, step)
+                if step is not None:
+                    total += float(F.cross_entropy(scores, target, reduction="sum"))
+                if ranked:
+                    gain += float(scored_item_ndcg(scores, target, batch, exs.rank_space).sum())
             count += len(chunk)
-            if ranked:
-                gain += float(first_item_ndcg(result.logits, batch, exs.rank_space, steps=step).sum())
         total, count, gain = all_reduce_sum([total, float(count), gain], device, world)
         out[task] = total / max(count, 1.0)
         if ranked:
