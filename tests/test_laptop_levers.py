@@ -276,7 +276,7 @@ def test_laptop_grid_smoke_cell_runs_the_recipe_with_atomic_items(tmp_path):
 
     spec = yaml.safe_load((ROOT / "benchmarks" / "grids" / "laptop.yaml").read_text())
     spec.update(config=str(LAPTOP), datasets={"demo": "demo"}, budget={"max_steps": 3}, eval={"max_users": 8},
-                set=[s for s in SMALL if not s.startswith("data.path")])
+                set=[s for s in SMALL if not s.startswith("data.path")], dataset_set={"demo": spec["dataset_set"]["sports"]})
     path = tmp_path / "laptop-smoke.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert load_grid_spec(path).indexing == {"rigorous": "atomic"}
@@ -286,4 +286,5 @@ def test_laptop_grid_smoke_cell_runs_the_recipe_with_atomic_items(tmp_path):
     cfg = cell["config"]
     assert cfg["model"]["item_init"] == "random" and cfg["model"]["item_targets"] == 5  # the ablation's one switch
     assert cfg["train"]["input_encoding"] == "ids" and cfg["model"]["backbone"] == "tiny"
+    assert cfg["model"]["dropout_masks"] == "chunked"  # the dataset's own settings (its epochs yield to `set`)
     assert cell["tasks"]["sequential"]["decoding"] == "full" and cell["tasks"]["topn"]["decoding"] == "score"

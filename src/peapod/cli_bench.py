@@ -1,4 +1,4 @@
-"""`peapod bench ...`: evaluation speed, the user-prompt ablation, the retrieval baseline, grids and reports."""
+"""`peapod bench ...`: training and evaluation speed, the user-prompt ablation, the retrieval baseline, grids and reports."""
 
 from __future__ import annotations
 
@@ -52,6 +52,46 @@ def _emit_bench_result(result: dict, table: str, out: str | None) -> None:
     typer.echo(table)
     if out:
         write_json_atomic(out, result)
+
+
+@bench_app.command("train-speed")
+def bench_train_speed(
+    config: str = typer.Option(..., "--config", "-c", help="YAML run configuration: the first arm."),
+    data: str = typer.Option(None, "--data", help="Dataset (overrides data.path of every arm)."),
+    set_: list[str] = typer.Option([], "--set", help="Override for every arm: section.key=value (repeatable)."),
+    compare: list[str] = typer.Option([], "--compare", help="The second arm: the first with these section.key=value overrides (repeatable)."),
+    steps: int = typer.Option(30, "--steps", help="Timed optimizer steps per arm."),
+    warmup: int = typer.Option(3, "--warmup", help="Steps run before timing."),
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
+    out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
+) -> None:
+    """Seconds per training step of a recipe against a variant of it, alternating on the same batches."""
+    if steps < 1 or warmup < 0 or (threads is not None and threads < 1):
+        fail("--steps and --threads must be >= 1, --warmup >= 0")
+    if not compare:
+        fail("--compare names the second arm's overrides (e.g. --compare model.dropout_masks=chunked)")
+    import torch
+
+    from peapod.train.config import ConfigError, load_config
+    from peapod.train.speed import format_train_speed, time_training_steps
+
+    try:
+        arms = {"config": load_config(config, list(set_)), " ".join(compare): load_config(config, [*set_, *compare])}
+    except ConfigError as e:
+        fail(str(e))
+    for cfg in arms.values():
+        if data:
+            cfg.data.path = data
+        if cfg.data.path is None:
+            fail("no data: set data.path in the config or pass --data")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        result = time_training_steps(arms, steps=steps, warmup=warmup, progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    result.update(config=config, data=arms["config"].data.path, set=list(set_), compare=list(compare))
+    _emit_bench_result(result, format_train_speed(result), out)
 
 
 @bench_app.command("user-prompts")

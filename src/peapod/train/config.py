@@ -49,6 +49,9 @@ class ModelSection(_Section):
     cf_iterations: int = Field(15, ge=1)
     vocab_size: int | None = Field(None, ge=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout_masks: Literal["bernoulli", "chunked"] = Field(
+        "bernoulli", description="how dropout draws its masks; 'chunked' is the same dropout, about 3x cheaper on a CPU"
+    )
     topn_input: Literal["candidates", "user"] = Field(
         "candidates", description="what a top-n input holds besides the prompts: the candidate list, or nothing but the user"
     )

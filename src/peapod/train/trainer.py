@@ -121,6 +121,17 @@ def _lr_lambda(warmup: int, total: int):
 
 
 # ---- the loop -----------------------------------------------------------------------------------
+def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, explanations) -> IdTrainingData:
+    """The epoch planner of `train.input_encoding: ids`, with prefix prompts when the recipe asks for them."""
+    prompts = None
+    if cfg.train.prompt_history == "prefix" and model.config.has_user_prompt:
+        prompts = PrefixPrompts(
+            model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
+            with_neighbors=model.config.composer == "neighbors",
+        )
+    return IdTrainingData(ds, index, tokenizer, explanations, cfg, model.config.max_whole_words, prompts)
+
+
 def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
     """Load the dataset (unless given) and the run's fixed negatives (sampled once, then read back)."""
     if ds is None:
@@ -178,15 +189,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     max_words = model.config.max_whole_words
-    id_data = None
-    if cfg.train.input_encoding == "ids":
-        prompts = None
-        if cfg.train.prompt_history == "prefix" and model.config.has_user_prompt:
-            prompts = PrefixPrompts(
-                model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
-                with_neighbors=model.config.composer == "neighbors",
-            )
-        id_data = IdTrainingData(ds, index, tokenizer, explanations_train, cfg, max_words, prompts)
+    id_data = id_training_data(cfg, model, ds, index, tokenizer, explanations_train) if cfg.train.input_encoding == "ids" else None
     plan_args = dict(
         ds=ds, index=index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
         batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,

@@ -1,0 +1,106 @@
+"""`model.dropout_masks: chunked`: the same dropout as torch's, its mask cut from 16-bit chunks of
+random words. Checked: keep rate, scaling, independence, gradients, and that a model built with it
+has torch's weights and outputs (only the training-time random stream differs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from peapod.data import build_item_index
+from peapod.data.loaders import load_dataset
+from peapod.model.dropout import ChunkedDropout
+from peapod.model.peapod import build_model
+from peapod.train.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_chunked_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales(p):
+    torch.manual_seed(0)
+    drop = ChunkedDropout(p).train()
+    n = 1 << 20
+    y = drop(torch.ones(n))
+    kept = y > 0
+    expected = 1.0 - round(p * 65536) / 65536  # p rounded to 16 bits
+    sigma = (expected * (1 - expected) / n) ** 0.5
+    assert abs(kept.float().mean().item() - expected) < 5 * sigma
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert torch.equal(y[~kept], torch.zeros_like(y[~kept]))
+    # the four chunks of one random word are independent: neighbours' keep decisions do not correlate
+    pairs = kept.view(-1, 4).float()
+    corr = torch.corrcoef(pairs.T)
+    assert corr[0, 1:].abs().max().item() < 5 / n**0.5 * 2
+
+
+def test_chunked_dropout_is_the_identity_in_eval_or_at_zero_and_its_gradient_is_the_mask():
+    x = torch.randn(3, 50, 8)
+    assert torch.equal(ChunkedDropout(0.5).eval()(x), x)
+    assert torch.equal(ChunkedDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        ChunkedDropout(1.0)
+    torch.manual_seed(1)
+    x.requires_grad_(True)
+    y = ChunkedDropout(0.25).train()(x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, (y != 0).float() / 0.75)
+    assert 0 < int((y == 0).sum()) < x.numel()
+
+
+def test_a_model_with_chunked_masks_has_torchs_weights_and_outputs_but_no_torch_dropout():
+    demo = load_dataset("demo")
+    index = build_item_index(demo, "p5-sequential")
+    built = {}
+    for masks in ("bernoulli", "chunked"):
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, f"model.dropout_masks={masks}", "model.dropout=0.2"])
+        built[masks], tok = build_model(cfg.architecture(), demo, index)
+    ref, fast = built["bernoulli"], built["chunked"]
+    swapped = [m for m in fast.modules() if isinstance(m, ChunkedDropout)]
+    assert swapped and all(m.p == 0.2 for m in swapped)
+    assert not any(type(m) is nn.Dropout for m in fast.modules())
+    assert any(type(m) is nn.Dropout for m in ref.modules())
+    assert ref.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), fast.state_dict().values()))
+    batch = dict(
+        task_ids=torch.zeros(2, dtype=torch.long), users=torch.tensor([0, 1]), input_ids=torch.tensor([[5, 6, 1], [7, 1, 0]]),
+        attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), whole_word_ids=torch.zeros(2, 3, dtype=torch.long),
+        labels=torch.tensor([[8, 1], [9, 1]]),
+    )
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.equal(ref(**batch).logits, fast(**batch).logits)
+    fast.train()
+    torch.manual_seed(0)
+    first = fast(**batch).loss
+    torch.manual_seed(0)
+    assert torch.equal(first, fast(**batch).loss)  # seeded: a run with chunked masks is reproducible
+    with pytest.raises(Exception, match="dropout_masks"):
+        load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "model.dropout_masks=fast"])
+
+
+def test_bench_train_speed_times_both_arms_on_the_same_batches(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from peapod.cli import app
+
+    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32"]
+    out = tmp_path / "speed.json"
+    args = ["bench", "train-speed", "-c", str(ROOT / "configs" / "laptop.yaml"), *laptop, "--steps", "4", "--warmup", "1"]
+    result = CliRunner().invoke(app, [*args, "--compare", "model.dropout_masks=chunked", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(out.read_text())
+    assert list(got["arms"]) == ["config", "model.dropout_masks=chunked"]
+    assert got["steps_timed"] == 4
+    for arm in got["arms"].values():
+        assert sum(arm["steps"].values()) == 4 and arm["total_seconds"] > 0
+    assert got["arms"]["config"]["time_vs_first"] == 1.0
+    assert "| model.dropout_masks=chunked |" in result.output
+    changed = CliRunner().invoke(app, [*args, "--compare", "train.batch_size=16"])
+    assert changed.exit_code == 2 and "the arms must train on the same batches" in changed.output
