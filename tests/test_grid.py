@@ -168,6 +168,16 @@ def test_a_trained_run_is_re_read_only_under_its_own_configuration(tiny_grid, tm
     changed = write_spec(tmp_path, seeds={"legacy": [0], "rigorous": [0]}, set=["train.val_max_users=10", "train.lr=0.002"])
     with pytest.raises(GridError, match=r"trained under another configuration \(train.lr: trained 0.003, cell 0.002\)"):
         run_grid(changed, copy, variants=["pod"], protocols=["rigorous"])
+    # a run from before a switch existed was trained as under its default: re-read at the default, refused otherwise
+    saved = copy / "runs" / "demo__pod__rigorous__seed0" / "config.json"
+    older = json.loads(saved.read_text())
+    del older["model"]["dropout_masks"]
+    saved.write_text(json.dumps(older))
+    assert run_grid(spec_path, copy, variants=["pod"], protocols=["rigorous"])[0]["training"] == first["training"]
+    (copy / "cells" / "demo__pod__rigorous__seed0.json").unlink()
+    switched = write_spec(tmp_path, seeds={"legacy": [0], "rigorous": [0]}, set=["train.val_max_users=10", "model.dropout_masks=chunked"])
+    with pytest.raises(GridError, match=r"model.dropout_masks: trained 'bernoulli', cell 'chunked'"):
+        run_grid(switched, copy, variants=["pod"], protocols=["rigorous"])
 
 
 def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):

@@ -458,6 +458,10 @@ def test_max_minutes_stops_after_the_step_that_crosses_the_budget_and_resume_res
     assert summary["out_of_time"] is True and summary["steps"] == 1 and summary["train_seconds"] > 0
     events = [e for e in _events(tmp_path / "run") if e["event"] == "budget"]
     assert [e["step"] for e in events] == [1]
+    # the cut epoch is validated and, as the only candidate, kept as best/
+    (partial,) = summary["history"]
+    assert partial["partial"] is True and partial["step"] == 1 and summary["best_epoch"] == 0
+    assert weights_digest(load_bundle(tmp_path / "run" / "best").model) == summary["weights_sha256"]
     state = json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 1 and state["train_seconds"] == pytest.approx(summary["train_seconds"], abs=0.01)
     # The budget is spent: resuming takes no further step.

@@ -118,8 +118,13 @@ def check_trained_run(run_dir: Path, config: dict) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
         raise GridError(f"{run_dir} has a summary.json but no config.json; move it away to retrain the cell")
+    from peapod.train.config import RunConfig
+
     trained, wanted = _flat(json.loads(path.read_text())), _flat(config)
-    # Keys the run's config lacks are switches added since, whose defaults keep the old behaviour.
+    # A key the run's config lacks is a switch added since, whose default keeps the old behaviour:
+    # the run was trained as under that default.
+    defaults = _flat(RunConfig().model_dump())
+    trained = {**{k: v for k, v in defaults.items() if k in wanted}, **trained}
     differ = sorted(k for k in set(trained) & set(wanted) if not k.startswith("eval.") and k not in _READ_ONLY and trained[k] != wanted[k])
     if differ:
         shown = ", ".join(f"{k}: trained {trained[k]!r}, cell {wanted[k]!r}" for k in differ[:6])

@@ -251,6 +251,33 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         if world > 1:
             dist.barrier()
 
+    def validate(epoch: int, partial: bool = False) -> bool:
+        """Validate, keep best/ when better, log; True when patience ran out."""
+        # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
+        # a DDP forward may broadcast buffers, a collective every rank would have to join.
+        val, val_ndcg = validation_losses(
+            model, val_examples, lambda exs: collate(exs, tokenizer, cfg, max_words, device), cfg.eval.batch_size, device, rank, world, autocast
+        )
+        mean_val = sum(val.values()) / max(len(val), 1)
+        entry = {"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val, **({"partial": True} if partial else {})}
+        if val_ndcg:
+            entry["val_ndcg10"] = val_ndcg
+        state["history"].append(entry)
+        log_event({"event": "validation", **entry})
+        if writer:
+            for task, v in val.items():
+                writer.add_scalar(f"val/{task}", v, epoch)
+            writer.add_scalar("val/mean", mean_val, epoch)
+        # Lower is better: the mean loss, or minus the mean NDCG@10 of the item tasks.
+        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.train.select_by == "ndcg" else mean_val
+        if criterion < state["best_val"]:
+            state.update(best_val=criterion, best_epoch=epoch, bad_epochs=0)
+            if main:
+                save_bundle(bundle, out_dir / "best")
+            return False
+        state["bad_epochs"] += 1
+        return state["bad_epochs"] >= cfg.train.patience
+
     show_bar = main and not quiet and sys.stderr.isatty()
     stopped_early = False
     t_start = time.time()
@@ -296,31 +323,10 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         if state["position"] < len(batches):
             if out_of_time:
                 log_event({"event": "budget", "step": state["step"], "train_seconds": state["train_seconds"]})
+                # What the cut epoch learned is still a candidate for best/ (its entry says "partial").
+                validate(epoch, partial=True)
             break  # max_steps or max_minutes reached mid-epoch
-        # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
-        # a DDP forward may broadcast buffers, a collective every rank would have to join.
-        val, val_ndcg = validation_losses(
-            model, val_examples, lambda exs: collate(exs, tokenizer, cfg, max_words, device), cfg.eval.batch_size, device, rank, world, autocast
-        )
-        mean_val = sum(val.values()) / max(len(val), 1)
-        entry = {"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val}
-        if val_ndcg:
-            entry["val_ndcg10"] = val_ndcg
-        state["history"].append(entry)
-        log_event({"event": "validation", **entry})
-        if writer:
-            for task, v in val.items():
-                writer.add_scalar(f"val/{task}", v, epoch)
-            writer.add_scalar("val/mean", mean_val, epoch)
-        # Lower is better: the mean loss, or minus the mean NDCG@10 of the item tasks.
-        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.train.select_by == "ndcg" else mean_val
-        if criterion < state["best_val"]:
-            state.update(best_val=criterion, best_epoch=epoch, bad_epochs=0)
-            if main:
-                save_bundle(bundle, out_dir / "best")
-        else:
-            state["bad_epochs"] += 1
-            stopped_early = state["bad_epochs"] >= cfg.train.patience
+        stopped_early = validate(epoch)
         state.update(epoch=epoch + 1, position=0)
         checkpoint()
 
