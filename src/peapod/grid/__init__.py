@@ -12,7 +12,7 @@ A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
     eval: {max_users: 1000, split: test}
     set: []                            # extra `section.key=value` overrides for generative runs
     variant_set: {p5: [train.input_encoding=text]}   # overrides for one variant only
-    dataset_set: {sports: [train.epochs=4]}          # overrides for one dataset (the variant's win)
+    dataset_set: {sports: [train.epochs=2]}          # overrides for one dataset (a variant's own win)
     sasrec: {loss: ce, epochs: 200, patience: 5}
 
 A cell is one (dataset, variant, protocol, seed). A generative cell (p5, pod, peapod-*) trains one
