@@ -28,6 +28,7 @@ from peapod.train.trainer import id_training_data
 class _Arm:
     name: str
     model: torch.nn.Module
+    params: list[torch.nn.Parameter]  # the trainable ones, gathered once as the trainer does
     optimizer: torch.optim.Optimizer
     epoch: object  # IdEpoch: .batch(position, rank, world, device), .task(position)
     grad_clip: float
@@ -63,7 +64,7 @@ def time_training_steps(arms: dict[str, RunConfig], steps: int, warmup: int = 3,
         epoch = id_training_data(cfg, model, ds, index, tokenizer, explanations).epoch(0)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        built.append(_Arm(name, model.train(), optimizer, epoch, cfg.train.grad_clip, {}))
+        built.append(_Arm(name, model.train(), params, optimizer, epoch, cfg.train.grad_clip, {}))
     total = min(warmup + steps, len(built[0].epoch))
     for position in tqdm(range(total), desc="train-speed", disable=not progress):
         order = built if position % 2 == 0 else built[::-1]  # neither arm always runs first
@@ -73,7 +74,7 @@ def time_training_steps(arms: dict[str, RunConfig], steps: int, warmup: int = 3,
             loss = arm.model(**batch).loss
             arm.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in arm.model.parameters() if p.requires_grad], arm.grad_clip)
+            torch.nn.utils.clip_grad_norm_(arm.params, arm.grad_clip)
             arm.optimizer.step()
             elapsed = time.perf_counter() - t0
             if position >= warmup:
