@@ -81,26 +81,3 @@ def test_a_model_with_chunked_masks_has_torchs_weights_and_outputs_but_no_torch_
     assert torch.equal(first, fast(**batch).loss)  # seeded: a run with chunked masks is reproducible
     with pytest.raises(Exception, match="dropout_masks"):
         load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "model.dropout_masks=fast"])
-
-
-def test_bench_train_speed_times_both_arms_on_the_same_batches(tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from peapod.cli import app
-
-    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32"]
-    out = tmp_path / "speed.json"
-    args = ["bench", "train-speed", "-c", str(ROOT / "configs" / "laptop.yaml"), *laptop, "--steps", "4", "--warmup", "1"]
-    result = CliRunner().invoke(app, [*args, "--compare", "model.dropout_masks=chunked", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    got = json.loads(out.read_text())
-    assert list(got["arms"]) == ["config", "model.dropout_masks=chunked"]
-    assert got["steps_timed"] == 4
-    for arm in got["arms"].values():
-        assert sum(arm["steps"].values()) == 4 and arm["total_seconds"] > 0
-    assert got["arms"]["config"]["time_vs_first"] == 1.0
-    assert "| model.dropout_masks=chunked |" in result.output
-    changed = CliRunner().invoke(app, [*args, "--compare", "train.batch_size=16"])
-    assert changed.exit_code == 2 and "the arms must train on the same batches" in changed.output

@@ -405,6 +405,9 @@ def demo(
 
 
 def main() -> None:
+    from peapod.runtime import flush_subnormals
+
+    flush_subnormals()  # before torch starts its worker threads: they inherit the flag (peapod.runtime)
     try:
         app()
     except DataError as e:

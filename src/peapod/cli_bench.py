@@ -63,6 +63,7 @@ def bench_train_speed(
     steps: int = typer.Option(30, "--steps", help="Timed optimizer steps per arm."),
     warmup: int = typer.Option(3, "--warmup", help="Steps run before timing."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads."),
+    weights: str = typer.Option(None, "--weights", help="Start both arms from this model directory (a run's best/), not from fresh weights."),
     out: str = typer.Option(None, "--out", "-o", help="Also write the JSON result here."),
 ) -> None:
     """Seconds per training step of a recipe against a variant of it, alternating on the same batches."""
@@ -87,10 +88,10 @@ def bench_train_speed(
     if threads:
         torch.set_num_threads(threads)
     try:
-        result = time_training_steps(arms, steps=steps, warmup=warmup, progress=sys.stderr.isatty())
+        result = time_training_steps(arms, steps=steps, warmup=warmup, progress=sys.stderr.isatty(), weights=weights)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    result.update(config=config, data=arms["config"].data.path, set=list(set_), compare=list(compare))
+    result.update(config=config, data=arms["config"].data.path, set=list(set_), compare=list(compare), weights=weights)
     _emit_bench_result(result, format_train_speed(result), out)
 
 

@@ -55,7 +55,9 @@ def restricted_lm_output(t5, encoder_out: BaseModelOutput, mask: torch.Tensor, l
     """Teacher-forced decoder pass with the output softmax over the tokens `space` [V'] only.
 
     labels: [B, T] token ids, -100 where ignored; every other label must be in `space`.
-    Returns a Seq2SeqLMOutput with the loss and logits [B, T, V'] (column j is token space[j]).
+    Returns a Seq2SeqLMOutput with the loss and, in eval mode, the logits [B, T, V'] (column j is
+    token space[j]). In training mode the head runs only at labelled positions (a batch of
+    next-5-item rows leaves a third to half of them empty) and `logits` is None.
     """
     decoder_out = t5.decoder(
         input_ids=t5._shift_right(labels),
@@ -66,12 +68,21 @@ def restricted_lm_output(t5, encoder_out: BaseModelOutput, mask: torch.Tensor, l
     hidden = decoder_out.last_hidden_state
     if getattr(t5.config, "scale_decoder_outputs", t5.config.tie_word_embeddings):
         hidden = hidden * (t5.config.d_model**-0.5)  # what T5 does before a tied head
-    logits = hidden @ t5.lm_head.weight[space].T
     position = torch.full((t5.lm_head.weight.shape[0],), -1, dtype=torch.long, device=labels.device)
     position[space] = torch.arange(space.shape[0], device=labels.device)
-    ignored = labels == -100
-    mapped = position[labels.clamp(min=0)].masked_fill(ignored, -100)
+    labelled = labels != -100
+    mapped = position[labels[labelled]]  # [n] each labelled position's column in the space
     if bool((mapped == -1).any()):
         raise ValueError("a label token is outside the restricted label space")
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), mapped.reshape(-1), ignore_index=-100)
+    head = t5.lm_head.weight[space].T  # [d, V']
+    logits = None
+    if t5.training:
+        scores = hidden[labelled] @ head  # [n, V']
+    else:
+        logits = hidden @ head
+        scores = logits[labelled]
+    if scores.shape[0] == 0:  # no labelled position: a zero loss that still reaches the graph
+        loss = scores.sum() * 0.0
+    else:
+        loss = F.cross_entropy(scores.float(), mapped)
     return Seq2SeqLMOutput(loss=loss, logits=logits)

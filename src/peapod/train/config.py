@@ -99,6 +99,10 @@ class TrainSection(_Section):
     seq_positions: Literal["one", "all"] = Field(
         "one", description="sequential examples per user and epoch: one random position, or every training position"
     )
+    batch_grouping: Literal["random", "length"] = Field(
+        "random", description="'length' (ids inputs): rows sorted by input length within windows of random batches, "
+        "so a batch computes little padding; every row still once per epoch"
+    )
     item_softmax: Literal["vocab", "items"] = Field("vocab", description="'items': item-task losses normalize over item tokens only")
     prompt_history: Literal["full", "prefix"] = Field(
         "full",
@@ -148,6 +152,7 @@ class RunConfig(_Section):
             (f"model.topn_input {self.model.topn_input}", self.model.topn_input != "candidates"),
             ("train.prompt_history prefix", self.train.prompt_history == "prefix"),
             ("model.history_order newest-first", self.model.history_order == "newest-first"),
+            ("train.batch_grouping length", self.train.batch_grouping == "length"),
         ):
             if needs_ids and not ids:
                 problems.append(f"{what} needs train.input_encoding ids")

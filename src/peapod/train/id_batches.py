@@ -20,6 +20,7 @@ and test read exactly what training read. Levers, each a config switch:
   the CF vector of all the user's training items, which holds the target itself: the model learns to
   read its targets back out of the prompt, which no test example allows (`PrefixPrompts`).
 * `model.history_order: newest-first`: sequential inputs list the history most recent item first.
+* `train.batch_grouping: length`: batches hold rows of about the same input length (`batch_order`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from peapod.data.dataset import Dataset, Explanation
 from peapod.model.text import TASK_IDS
+from peapod.train.batch_order import batch_rows
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import sample_negatives_for
 from peapod.train.token_tables import TokenTables, sentence_labels
@@ -303,15 +305,14 @@ class IdTrainingData:
         plan, tasks = [], []
         if t.schedule == "mixed" and tables:
             table = concat_rows([e for _, e in tables])
-            order = rng.permutation(len(table))
-            for i in range(0, len(order), t.batch_size):
-                plan.append((table, order[i : i + t.batch_size]))
+            for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, t.batch_grouping):
+                plan.append((table, rows))
                 tasks.append("mixed")
         else:  # rotate: one task per batch, tasks take turns
             queues = []
             for task, table in tables:
-                order = rng.permutation(len(table))
-                queues.append([(task, table, order[i : i + t.batch_size]) for i in range(0, len(order), t.batch_size)])
+                batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, t.batch_grouping)
+                queues.append([(task, table, rows) for rows in batches])
             for turn in range(max((len(q) for q in queues), default=0)):
                 for q in queues:
                     if turn < len(q):

@@ -35,6 +35,7 @@ from peapod.data.negatives import ensure_negatives, write_negatives
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
+from peapod.runtime import subnormals_flushed
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
 from peapod.train.id_batches import IdTrainingData
@@ -349,6 +350,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         "train_seconds": round(state["train_seconds"], 2),
         "history": state["history"],
         "world_size": world,
+        "subnormals_flushed": subnormals_flushed(),  # peapod.runtime: set by the CLI before any tensor work
         "ranks_in_sync": len(set(digests)) == 1,
         "weights_sha256": digest,
         "wall_seconds": round(time.time() - t_start, 2),
