@@ -34,6 +34,7 @@ def test_bench_train_speed_times_both_arms_on_the_same_batches(tmp_path):
     for arm in got["arms"].values():
         assert sum(arm["steps"].values()) == 4 and arm["total_seconds"] > 0
     assert got["arms"]["config"]["time_vs_first"] == 1.0
+    assert got["subnormals_flushed"] is False  # CliRunner calls the app, not main()
     assert "| model.dropout_masks=bernoulli |" in result.output
     assert got["arms"]["model.dropout_masks=bernoulli"]["encoder_positions_vs_first"]["sequential"] == 1.0  # the same batches
     grouped = CliRunner().invoke(app, [*args, "--steps", "2", "--compare", "train.batch_grouping=length", "--out", str(out)])

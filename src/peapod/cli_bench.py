@@ -91,7 +91,10 @@ def bench_train_speed(
         result = time_training_steps(arms, steps=steps, warmup=warmup, progress=sys.stderr.isatty(), weights=weights)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    result.update(config=config, data=arms["config"].data.path, set=list(set_), compare=list(compare), weights=weights)
+    from peapod.runtime import subnormals_flushed
+
+    result.update(config=config, data=arms["config"].data.path, set=list(set_), compare=list(compare), weights=weights,
+                  subnormals_flushed=subnormals_flushed())
     _emit_bench_result(result, format_train_speed(result), out)
 
 
