@@ -23,7 +23,7 @@ SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_i
 
 
 def test_bench_train_speed_times_both_arms_on_the_same_batches(tmp_path):
-    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32"]
+    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32", "--set", "train.batch_grouping=random"]
     out = tmp_path / "speed.json"
     args = ["bench", "train-speed", "-c", str(ROOT / "configs" / "laptop.yaml"), *laptop, "--steps", "4", "--warmup", "1"]
     result = CliRunner().invoke(app, [*args, "--compare", "model.dropout_masks=bernoulli", "--out", str(out)])

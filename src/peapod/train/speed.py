@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_model
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
+from peapod.train.batch_order import padded_tokens
 from peapod.train.config import RunConfig
 from peapod.train.samplers import split_explanations
 from peapod.train.trainer import id_training_data
@@ -121,10 +123,13 @@ def time_training_steps(arms: dict[str, RunConfig], steps: int, warmup: int = 3,
 
 def epoch_encoder_positions(epoch) -> dict[str, int]:
     """Per task, the encoder positions one epoch computes: each batch's rows times its longest input."""
+    lengths: dict[int, np.ndarray] = {}  # per table, computed once
     out: dict[str, int] = {}
     for position, (table, rows) in enumerate(epoch.plan):
         task = epoch.task(position)
-        out[task] = out.get(task, 0) + len(rows) * int(table.attention_mask[rows].sum(1).max())
+        if id(table) not in lengths:
+            lengths[id(table)] = table.attention_mask.sum(1).numpy()
+        out[task] = out.get(task, 0) + padded_tokens(lengths[id(table)], [np.asarray(rows)])
     return out
 
 
