@@ -25,7 +25,13 @@ from peapod.data.negatives import sample_negatives
 from peapod.evaluate.inference import Predictor, Request, resolve_model_dir
 from peapod.evaluate.metrics import MISS
 from peapod.evaluate.prefix_scoring import PrefixTree
-from peapod.evaluate.runner import evaluate_run, format_table, load_setup, random_fill, topn_candidates
+from peapod.evaluate.runner import (
+    evaluate_run,
+    load_setup,
+    random_fill,
+    topn_candidates,
+)
+from peapod.evaluate.table import format_table
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 

@@ -142,7 +142,7 @@ def bench_retrieval(
     """Explanation baseline: the item's training sentence closest to the user's (TF-IDF); writes a metrics JSON."""
     from peapod.baselines.retrieval import evaluate_retrieval
     from peapod.data.loaders import load_dataset
-    from peapod.evaluate.runner import format_table
+    from peapod.evaluate.table import format_table
     from peapod.io import write_json_atomic
 
     if split not in ("val", "test"):

@@ -41,6 +41,15 @@ import torch
 
 from peapod.data.dataset import Dataset
 from peapod.evaluate.inference import Predictor, Request, resolve_model_dir
+from peapod.serve.inputs import (
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    MAX_K,
+    UnknownItem,
+    UnknownUser,
+    broadcast,
+    check_each,
+)
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -51,38 +60,6 @@ __all__ = [
     "UnknownUser",
 ]
 
-MAX_K = 100  #: most items one recommendation returns
-MAX_HISTORY = 200  #: most items an explicit history may hold
-MAX_CANDIDATES = 1000  #: most candidates one ranking request may hold
-
-
-class UnknownUser(KeyError):
-    """A user id the model was not trained on, asked for without a history."""
-
-    def __init__(self, user: Any, message: str | None = None):
-        self.user = user
-        self.message = message or (
-            f"unknown user {user!r}: not among the model's training users; "
-            "pass a history (items the user interacted with) to serve a new user"
-        )
-        super().__init__(self.message)
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return self.message
-
-
-class UnknownItem(KeyError):
-    """An item id that is not in the model's catalogue."""
-
-    def __init__(self, item: Any, where: str = "item"):
-        self.item = item
-        self.message = f"unknown {where} {item!r}: not in the model's catalogue"
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
-
-
 @dataclass(frozen=True)
 class _Who:
     """A resolved user: raw id (or None), internal index (None: unseen), the items it is served with."""
@@ -90,14 +67,6 @@ class _Who:
     raw: str | None
     index: int | None
     history: tuple[int, ...]
-
-
-def _broadcast(value, n: int, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name}: {len(value)} values for {n} requests")
-        return list(value)
-    return [value] * n
 
 
 class Recommender:
@@ -300,15 +269,15 @@ class Recommender:
         histories = list(histories) if histories is not None else [None] * n
         if len(histories) != n:
             raise ValueError(f"{len(histories)} histories for {n} users")
-        ks = _broadcast(k, n, "k")
-        excl = _broadcast(exclude_history, n, "exclude_history")
-        expl = _broadcast(explain, n, "explain")
+        ks = broadcast(k, n, "k")
+        excl = broadcast(exclude_history, n, "exclude_history")
+        expl = broadcast(explain, n, "explain")
         def check(j: int) -> _Who:
             who = self._who(users[j], histories[j])
             ks[j] = self._k(ks[j])
             return who
 
-        results, ok, whos = _check_each(n, check, return_exceptions)
+        results, ok, whos = check_each(n, check, return_exceptions)
         if not ok:
             return results
         item_ids = self.predictor.bundle.item_ids
@@ -361,7 +330,7 @@ class Recommender:
         histories = list(histories) if histories is not None else [None] * n
         if len(histories) != n:
             raise ValueError(f"{len(histories)} histories for {n} users")
-        results, ok, checked = _check_each(
+        results, ok, checked = check_each(
             n, lambda j: (self._who(users[j], histories[j]), self._candidates(candidates[j])), return_exceptions
         )
         if not ok:
@@ -411,7 +380,7 @@ class Recommender:
             who = self._who(users[j], histories[j])
             return Request("explanation", (self._item(items[j]),), who.index, profile=who.history)
 
-        results, ok, requests = _check_each(n, check, return_exceptions)
+        results, ok, requests = check_each(n, check, return_exceptions)
         if not ok:
             return results
         with self._lock:
@@ -419,25 +388,3 @@ class Recommender:
         for j, t in zip(ok, texts):
             results[j] = t
         return results
-
-
-def _check_each(n: int, check, return_exceptions: bool) -> tuple[list, list[int], list]:
-    """Run `check(j)` for every request j of a batch.
-
-    Returns (results with a failed request's exception in its place, indices that passed, their checked
-    values). Without `return_exceptions` the first KeyError/ValueError is raised.
-    """
-    results: list = [None] * n
-    ok: list[int] = []
-    values: list = []
-    for j in range(n):
-        try:
-            value = check(j)
-        except (KeyError, ValueError) as e:
-            if not return_exceptions:
-                raise
-            results[j] = e
-            continue
-        ok.append(j)
-        values.append(value)
-    return results, ok, values
