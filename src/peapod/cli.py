@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from peapod.cli_bench import bench_app
-from peapod.cli_common import _split_list, fail, print_json
-from peapod.cli_serve import check_device, register_serve_commands
+from peapod.cli_common import _split_list, check_device, fail, print_json
+from peapod.cli_serve import register_serve_commands
 from peapod.data.dataset import DataError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="PeaPOD: personalized generative recommendation.")

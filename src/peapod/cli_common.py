@@ -1,4 +1,4 @@
-"""Helpers shared by the `peapod` command modules: one error line and exit, JSON output, comma lists."""
+"""Helpers shared by the `peapod` command modules: one error line and exit, JSON output, comma lists, --device."""
 
 from __future__ import annotations
 
@@ -21,3 +21,9 @@ def _split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def check_device(device: str | None) -> None:
+    """One error line and exit 2 unless --device is unset, cpu, cuda or cuda:N."""
+    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device must be cpu or cuda; got {device!r}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from peapod.cli_common import _split_list, fail, print_json
+from peapod.cli_common import _split_list, check_device, fail, print_json
 
 
 def register_serve_commands(app: typer.Typer) -> None:
@@ -15,11 +15,6 @@ def register_serve_commands(app: typer.Typer) -> None:
     app.command("recommend")(recommend_command)
     app.command("explain")(explain_command)
     app.command("serve")(serve_command)
-
-
-def check_device(device: str | None) -> None:
-    if device is not None and device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        fail(f"--device must be cpu or cuda; got {device!r}")
 
 
 def _load_recommender(run_dir: str, data: str | None, device: str | None):
