@@ -10,6 +10,7 @@ validation and the rest is training. Test histories include the validation item 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -27,6 +28,23 @@ class DataError(ValueError):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+def validation_users(n_users: int, max_users: int | None, sample: str = "first", seed: int = 0) -> list[int]:
+    """The users (ascending indices) whose validation items pick the best epoch during training.
+
+    Every user when `max_users` is None or covers them all; else the first `max_users` ("first") or a
+    uniform sample of `max_users` drawn with `seed` ("random"). The seed is fixed rather than the
+    training seed's, so every run on a dataset selects on the same users. "first" is skewed on the P5
+    files: their first users have longer histories (Beauty's first 2,000: 12.1 items, against 8.9).
+    """
+    if sample not in ("first", "random"):
+        raise ValueError(f"validation user sample must be 'first' or 'random', not {sample!r}")
+    if max_users is None or max_users >= n_users:
+        return list(range(n_users))
+    if sample == "first":
+        return list(range(max_users))
+    return sorted(random.Random(seed).sample(range(n_users), max_users))
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,10 @@ class TrainSection(_Section):
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     val_max_users: int | None = Field(1000, ge=1)
+    val_users: Literal["first", "random"] = Field(
+        "first", description="which val_max_users users select the best epoch: the first ones, or a fixed-seed uniform sample "
+        "(the first users of the P5 files have longer histories than the rest)"
+    )
     bf16: bool = True
     deterministic: bool = False
     device: str = "auto"

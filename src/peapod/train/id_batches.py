@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peapod.data.dataset import Dataset, Explanation
+from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.model.text import TASK_IDS
 from peapod.train.batch_order import batch_rows
 from peapod.train.prefix_prompts import PrefixPrompts
@@ -323,15 +323,18 @@ class IdTrainingData:
         self._cached = (epoch, result)
         return result
 
-    def validation(self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None) -> dict[str, EncodedRows]:
-        """Fixed validation tables per task, in the evaluation input form: the last max_history training
+    def validation(
+        self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first"
+    ) -> dict[str, EncodedRows]:
+        """Fixed validation tables per task for `validation_users(n_users, max_users, users_sample)`, in
+        the evaluation input form: the last max_history training
         items -> the validation item; top-n as the model reads it; held-out explanations. With
         `model.decoder_history` j (atomic items), the user's last j training items go into the decoder
         before the validation item, as the evaluation hands them (`RequestInputsMixin.decoder_items`:
         sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
         t, m = self.cfg.train, self.cfg.model
         ds = self.ds
-        users = np.arange(ds.n_users if max_users is None else min(max_users, ds.n_users))
+        users = np.array(validation_users(ds.n_users, max_users, users_sample), dtype=np.int64)
         val_items = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)
         stop = self.seqs.lengths[users]
         j = m.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0

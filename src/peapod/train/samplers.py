@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peapod.data.dataset import Dataset, Explanation
+from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.indexing import ItemIndex, user_text
 from peapod.model.text import GENERIC_USER, TEMPLATES, eval_template, source_text
 
@@ -153,14 +153,16 @@ def validation_examples(
     max_users: int | None,
     split: str = "val",
     topn_candidates: int | None = None,
+    users_sample: str = "first",
 ) -> dict[str, list[Example]]:
-    """Fixed validation examples per task, in the evaluation input form, for validation losses.
+    """Fixed validation examples per task for `validation_users(n_users, max_users, users_sample)`, in
+    the evaluation input form, for validation losses.
 
     Top-n inputs hold the target and the first `topn_candidates - 1` fixed negatives (all of them when
     None), so validation inputs are as long as training inputs and are not cut at max_input_length.
     """
     template = eval_template(variant)
-    users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
+    users = validation_users(ds.n_users, max_users, users_sample)
     out: dict[str, list[Example]] = {"sequential": [], "topn": [], "explanation": []}
     for u in users:
         history, target = ds.history_and_target(u, split)

@@ -217,11 +217,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
 
     if id_data is not None:
-        val_examples = id_data.validation(negatives, explanations_val, cfg.train.val_max_users)
+        val_examples = id_data.validation(negatives, explanations_val, cfg.train.val_max_users, cfg.train.val_users)
     else:
         val_examples = validation_examples(
             ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users,
-            topn_candidates=cfg.train.topn_candidates,
+            topn_candidates=cfg.train.topn_candidates, users_sample=cfg.train.val_users,
         )
     val_examples = {t: v for t, v in val_examples.items() if t in cfg.train.tasks}
     use_bf16 = cfg.train.bf16 and device.type == "cuda"

@@ -1,0 +1,91 @@
+"""`train.val_users`: which users' validation items pick the best epoch (the first ones, or a
+fixed-seed uniform sample), in the pure function, both validation paths and the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peapod.data import build_item_index, load_dataset
+from peapod.data.dataset import validation_users
+from peapod.model.peapod import build_model
+from peapod.train import trainer as trainer_module
+from peapod.train.config import ConfigError, load_config
+from peapod.train.id_batches import IdTrainingData
+from peapod.train.samplers import split_explanations, validation_examples
+from peapod.train.trainer import train
+
+LAPTOP = Path(__file__).resolve().parents[1] / "configs" / "laptop.yaml"
+SMALL = [
+    "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
+    "train.epochs=1", "train.max_steps=2", "train.max_minutes=null", "train.val_max_users=30", "train.checkpoint_every=1000",
+]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_dataset("demo")
+
+
+def test_first_takes_the_lowest_indices_and_none_takes_everyone():
+    assert validation_users(10, 4, "first") == [0, 1, 2, 3]
+    assert validation_users(10, None, "random") == list(range(10))
+    assert validation_users(10, 25, "random") == list(range(10))
+
+
+def test_random_is_a_fixed_sorted_sample_spread_over_the_users():
+    users = validation_users(1000, 100, "random")
+    assert users == sorted(set(users)) and len(users) == 100
+    assert users == validation_users(1000, 100, "random")  # fixed seed: every run selects on the same users
+    assert users != list(range(100)) and max(users) > 500
+    assert validation_users(1000, 100, "random", seed=1) != users
+
+
+def test_unknown_sample_is_refused():
+    with pytest.raises(ValueError, match="'first' or 'random'"):
+        validation_users(10, 4, "last")
+    with pytest.raises(ConfigError, match="train.val_users"):
+        load_config(LAPTOP, [*SMALL, "train.val_users=last"])
+
+
+def test_id_validation_tables_hold_the_sampled_users(demo):
+    cfg = load_config(LAPTOP, [*SMALL, "train.val_users=random"])
+    index = build_item_index(demo, "atomic")
+    _, tok = build_model(cfg.architecture(), demo, index)
+    data = IdTrainingData(demo, index, tok, [], cfg, 512)
+    negatives = [list(range(99)) for _ in range(demo.n_users)]
+    expected = validation_users(demo.n_users, 30, "random")
+    tables = data.validation(negatives, [], max_users=30, users_sample="random")
+    for task, table in tables.items():
+        assert table.users.tolist() == expected, task
+        rows = np.arange(len(table))
+        at = table.score_step[rows].numpy()
+        index_of = {t: i for i, t in enumerate(data.tables.item_tokens[:, 0].tolist())}
+        got = [index_of[int(t)] for t in table.labels.numpy()[rows, at]]
+        assert got == [demo.history_and_target(u, "val")[1] for u in expected], task
+    first = data.validation(negatives, [], max_users=30)["sequential"]
+    assert first.users.tolist() == list(range(30))
+
+
+def test_text_validation_examples_hold_the_sampled_users(demo):
+    index = build_item_index(demo, "p5-sequential")
+    _, val_expl = split_explanations(demo, 0.1, 0)
+    ex = validation_examples(demo, index, "peapod", val_expl, demo.negatives, 10, max_users=40, users_sample="random")
+    expected = validation_users(demo.n_users, 40, "random")
+    assert [e.user for e in ex["sequential"]] == expected
+    assert [e.user for e in ex["topn"]] == expected
+
+
+def test_the_trainer_selects_on_the_configured_users(demo, tmp_path, monkeypatch):
+    seen = []
+    original = trainer_module.IdTrainingData.validation
+
+    def spy(self, negatives, explanations_val, max_users, users_sample="first"):
+        seen.append((max_users, users_sample))
+        return original(self, negatives, explanations_val, max_users, users_sample)
+
+    monkeypatch.setattr(trainer_module.IdTrainingData, "validation", spy)
+    train(load_config(LAPTOP, [*SMALL, "train.val_users=random"]), tmp_path / "run", quiet=True)
+    assert seen == [(30, "random")]
