@@ -62,6 +62,7 @@ def test_shipped_grid_specs_are_valid():
         ({"budget": {"max_steps": 0}}, "budget.max_steps"),
         ({"colour": "red"}, "colour: unknown key"),
         ({"sasrec": {"depth": 3}}, "sasrec: unknown key"),
+        ({"sasrec": {"val_users": "last"}}, "sasrec: SASRec val_users must be"),
         ({"eval": {"split": "train"}}, "split"),
     ],
 )

@@ -1,5 +1,5 @@
-"""`train.val_users`: which users' validation items pick the best epoch (the first ones, or a
-fixed-seed uniform sample), in the pure function, both validation paths and the trainer."""
+"""Which users' validation items pick the best epoch (`train.val_users`, SASRec's `val_users`): the first
+ones, or a fixed-seed uniform sample. The pure function, both validation paths, the trainer and SASRec."""
 
 from __future__ import annotations
 
@@ -89,3 +89,30 @@ def test_the_trainer_selects_on_the_configured_users(demo, tmp_path, monkeypatch
     monkeypatch.setattr(trainer_module.IdTrainingData, "validation", spy)
     train(load_config(LAPTOP, [*SMALL, "train.val_users=random"]), tmp_path / "run", quiet=True)
     assert seen == [(30, "random")]
+
+
+def test_full_ranking_over_given_users(demo):
+    from peapod.baselines.popularity import PopularityModel
+
+    model = PopularityModel().fit(demo)
+    assert model.evaluate_full(demo, "val", users=range(30)) == model.evaluate_full(demo, "val", max_users=30)
+    sample = validation_users(demo.n_users, 30, "random")
+    assert model.evaluate_full(demo, "val", users=sample) != model.evaluate_full(demo, "val", max_users=30)
+
+
+def test_sasrec_selects_on_the_configured_users(demo, monkeypatch):
+    from peapod.baselines import SASRecConfig, sasrec
+
+    seen = []
+    original = sasrec.SASRec.evaluate_full
+
+    def spy(self, ds, split="test", max_users=None, mask_history=False, users=None):
+        seen.append((split, None if users is None else list(users)))
+        return original(self, ds, split, max_users=max_users, mask_history=mask_history, users=users)
+
+    monkeypatch.setattr(sasrec.SASRec, "evaluate_full", spy)
+    config = SASRecConfig(dim=16, max_len=10, epochs=1, patience=1, val_max_users=30, val_users="random")
+    sasrec.train_sasrec(demo, config)
+    assert seen == [("val", validation_users(demo.n_users, 30, "random"))]
+    with pytest.raises(ValueError, match="val_users"):
+        SASRecConfig(val_users="last")

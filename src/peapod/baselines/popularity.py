@@ -32,13 +32,17 @@ def full_ranking_metrics(
     max_users: int | None = None,
     mask_history: bool = False,
     batch_size: int = 256,
+    users: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """HR@{1,5,10,20} / NDCG@{5,10,20} ranking the target among all items.
+    """HR@{1,5,10,20} / NDCG@{5,10,20} ranking the target among all items, over ``users`` (when
+    given) or the first ``max_users`` users.
 
     With ``mask_history`` the items of a user's history (other than the target itself) are
     removed from the ranking.
     """
-    users = list(range(ds.n_users if max_users is None else min(max_users, ds.n_users)))
+    if users is None:
+        users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
+    users = list(users)
     ranks = []
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
@@ -82,9 +86,10 @@ class RankingEvaluation:
     """`evaluate_full` / `evaluate_candidates` for any baseline with `_score_fn(users, histories) -> [B, N]`."""
 
     def evaluate_full(
-        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False
+        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False,
+        users: Sequence[int] | None = None,
     ) -> dict[str, float]:
-        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history)
+        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history, users=users)
 
     def evaluate_candidates(
         self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test", max_users: int | None = None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from peapod.baselines.popularity import RankingEvaluation
-from peapod.data.dataset import Dataset
+from peapod.data.dataset import Dataset, validation_users
 
 
 @dataclass
@@ -39,12 +39,18 @@ class SASRecConfig:
     # "bce": the paper's objective (one sampled negative per position); "ce": softmax cross-entropy
     # over the whole catalogue, which converges in far fewer epochs and ranks better.
     loss: str = "bce"
-    # Early stopping on validation NDCG@10 (full ranking of the validation item, first
-    # `val_max_users` users): evaluate every `eval_every` epochs, stop after `patience` evaluations
-    # without improvement, keep the best weights. patience 0 trains all epochs and keeps the last.
+    # Early stopping on validation NDCG@10 (full ranking of the validation item, `val_max_users`
+    # users: the first ones, or with val_users "random" a fixed-seed sample, as `train.val_users`):
+    # evaluate every `eval_every` epochs, stop after `patience` evaluations without improvement, keep
+    # the best weights. patience 0 trains all epochs and keeps the last.
     patience: int = 0
     eval_every: int = 1
     val_max_users: int | None = 2000
+    val_users: str = "first"
+
+    def __post_init__(self) -> None:
+        if self.val_users not in ("first", "random"):
+            raise ValueError(f"SASRec val_users must be 'first' or 'random', not {self.val_users!r}")
 
 
 class SASRec(nn.Module, RankingEvaluation):
@@ -204,6 +210,7 @@ def train_sasrec(ds: Dataset, config: SASRecConfig | None = None, progress: bool
             return model.eval()
         lengths = (positives != 0).sum(1)
         best_ndcg, best_state, bad = -1.0, None, 0
+        val_users = validation_users(ds.n_users, config.val_max_users, config.val_users)
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
         model.train()
         for epoch in range(config.epochs):
@@ -224,7 +231,7 @@ def train_sasrec(ds: Dataset, config: SASRecConfig | None = None, progress: bool
             entry = {"epoch": epoch, "loss": total / max(count, 1)}
             if config.patience and (epoch + 1) % config.eval_every == 0:
                 # Validation draws no random numbers, so it does not change the training stream.
-                entry["val_NDCG@10"] = model.evaluate_full(ds, "val", max_users=config.val_max_users)["NDCG@10"]
+                entry["val_NDCG@10"] = model.evaluate_full(ds, "val", users=val_users)["NDCG@10"]
                 model.train()
                 if entry["val_NDCG@10"] > best_ndcg:
                     best_ndcg, bad, model.best_epoch = entry["val_NDCG@10"], 0, epoch

@@ -173,6 +173,10 @@ def load_grid_spec(path: str | Path) -> GridSpec:
     unknown = set(spec.sasrec) - set(SASRecConfig.__dataclass_fields__)
     if unknown:
         raise GridError(f"invalid grid spec {path}: sasrec: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        SASRecConfig(**spec.sasrec)
+    except ValueError as e:
+        raise GridError(f"invalid grid spec {path}: sasrec: {e}") from None
     return spec
 
 
