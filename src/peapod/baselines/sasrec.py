@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from peapod.baselines.popularity import RankingEvaluation
-from peapod.data.dataset import Dataset, validation_users
+from peapod.data.dataset import VALIDATION_USER_SAMPLES, Dataset, validation_users
 
 
 @dataclass
@@ -49,7 +49,7 @@ class SASRecConfig:
     val_users: str = "first"
 
     def __post_init__(self) -> None:
-        if self.val_users not in ("first", "random"):
+        if self.val_users not in VALIDATION_USER_SAMPLES:
             raise ValueError(f"SASRec val_users must be 'first' or 'random', not {self.val_users!r}")
 
 

@@ -30,6 +30,9 @@ class DataError(ValueError):
         self.line = line
 
 
+VALIDATION_USER_SAMPLES = ("first", "random")
+
+
 def validation_users(n_users: int, max_users: int | None, sample: str = "first", seed: int = 0) -> list[int]:
     """The users (ascending indices) whose validation items pick the best epoch during training.
 
@@ -38,7 +41,7 @@ def validation_users(n_users: int, max_users: int | None, sample: str = "first",
     training seed's, so every run on a dataset selects on the same users. "first" is skewed on the P5
     files: their first users have longer histories (Beauty's first 2,000: 12.1 items, against 8.9).
     """
-    if sample not in ("first", "random"):
+    if sample not in VALIDATION_USER_SAMPLES:
         raise ValueError(f"validation user sample must be 'first' or 'random', not {sample!r}")
     if max_users is None or max_users >= n_users:
         return list(range(n_users))
