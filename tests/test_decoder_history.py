@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from peapod.data import build_item_index, load_dataset
+from peapod.data import build_item_index
 from peapod.evaluate.inference import Predictor, Request
 from peapod.evaluate.runner import evaluate_run
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
@@ -27,11 +27,6 @@ SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=1", "train.max_minutes=null", "train.val_max_users=50", "model.item_targets=3",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_dataset("demo")
 
 
 def _bundle(demo, overrides):

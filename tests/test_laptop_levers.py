@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from peapod.data import build_item_index, load_dataset
+from peapod.data import build_item_index
 from peapod.data.indexing import user_text
 from peapod.evaluate.inference import Predictor, Request
 from peapod.model.cf import train_als
@@ -32,11 +32,6 @@ SMALL = [  # the laptop recipe shrunk to seconds on the demo data
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=2", "train.max_minutes=null", "train.val_max_users=50", "train.checkpoint_every=1000",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_dataset("demo")
 
 
 def _config(*overrides):

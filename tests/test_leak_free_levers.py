@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from peapod.data import build_item_index, load_dataset
+from peapod.data import build_item_index
 from peapod.data.indexing import user_text
 from peapod.evaluate.inference import Predictor, Request
 from peapod.model.cf import fold_in, nearest_neighbors
@@ -30,11 +30,6 @@ SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=1", "train.max_minutes=null", "train.val_max_users=50",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_dataset("demo")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peapod.data import build_item_index, load_dataset
+from peapod.data import build_item_index
 from peapod.data.dataset import validation_users
 from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
@@ -22,11 +22,6 @@ SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=1", "train.max_steps=2", "train.max_minutes=null", "train.val_max_users=30", "train.checkpoint_every=1000",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo():
-    return load_dataset("demo")
 
 
 def test_first_takes_the_lowest_indices_and_none_takes_everyone():
