@@ -28,6 +28,7 @@ def make_mini_p5(dst: Path, n_users: int = 60) -> Path:
     (dst / "explanation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
     return dst
 
+
 def cli_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
