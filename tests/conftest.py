@@ -6,8 +6,9 @@ import pytest
 
 from peapod.data import Dataset, load_dataset
 
-# The model tests' synthetic world (fixtures `ds`, `indexes`, `models`), shared by test_model*.py and test_cf.py.
-pytest_plugins = ["model_fixtures"]
+# The model tests' synthetic world (fixtures `ds`, `indexes`, `models`, shared by test_model*.py and test_cf.py) and
+# the serving tests' one tiny trained run (`run_dir`, `rec`, shared by test_serve*.py).
+pytest_plugins = ["model_fixtures", "serve_run"]
 
 # The staged P5 datasets live beside the repository (../shared/data); a stranger's clone has none.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

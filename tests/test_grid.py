@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from train_runs import cli_env, peapod_cmd
 
 from peapod.grid import (
     POD_ANCHORS,
@@ -19,6 +19,7 @@ from peapod.grid import (
     grid_markdown,
     load_grid_spec,
     load_results,
+    machine_text,
     plan_cells,
     run_grid,
     update_markdown_section,
@@ -125,6 +126,7 @@ def test_tiny_grid_writes_one_json_per_cell_with_its_protocol(tiny_grid):
     assert set(legacy["tasks"]) == {"sequential", "topn", "explanation"}  # the demo has explanations
     for r in (legacy, rigorous, pop):
         assert r["format"] == "peapod-grid-cell/1" and r["machine"]["cpu_count"] >= 1
+        assert r["machine"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512"
         for task in ("sequential", "topn"):
             sec = r["tasks"][task]
             assert sec["users"] == 5 and 0.0 <= sec["invalid_output_rate"] <= 1.0
@@ -183,20 +185,20 @@ def test_a_trained_run_is_re_read_only_under_its_own_configuration(tiny_grid, tm
 
 def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):
     spec_path, out, _, _ = tiny_grid
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    dry = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "grid", str(spec_path), "--out", str(out), "--dry-run"],
+    env = cli_env()
+    dry = subprocess.run(peapod_cmd("bench", "grid", spec_path, "--out", out, "--dry-run"),
                          capture_output=True, text=True, env=env, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert [line.split()[0] for line in dry.stdout.splitlines()] == ["done", "done", "done"]
     bench_md = tmp_path / "BENCHMARKS.md"
     bench_md.write_text("# Benchmarks\n\nhand-written text\n")
-    rep = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "report", str(spec_path), "--out", str(out), "--markdown", str(bench_md)],
+    rep = subprocess.run(peapod_cmd("bench", "report", spec_path, "--out", out, "--markdown", bench_md),
                          capture_output=True, text=True, env=env, timeout=120)
     assert rep.returncode == 0, rep.stderr
     text = bench_md.read_text()
     assert text.startswith("# Benchmarks\n\nhand-written text\n")
     assert text.count("<!-- grid:t:begin -->") == 1 and "| pod |" in text and "| popularity |" in text
-    bad = subprocess.run([sys.executable, "-m", "peapod.cli", "bench", "grid", str(spec_path), "--variants", "sasrec,bert4rec"],
+    bad = subprocess.run(peapod_cmd("bench", "grid", spec_path, "--variants", "sasrec,bert4rec"),
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "bert4rec" in bad.stderr
 
@@ -238,6 +240,16 @@ def test_markdown_has_pod_anchor_ratios_mean_std_and_target_checks():
     # seq NDCG@5 is 0.5 * 1.2 * HR@5 = 0.0415 vs POD's 0.0599: not 1.10x on every metric.
     assert "≥ 1.10 × POD's logged seq/top-n HR@5, NDCG@5: not met" in md
     assert "legacy, peapod-neighbors beats pod in the same harness: higher in 6 of 6 columns" in md
+
+
+def test_machine_text_names_the_isa_where_the_cell_recorded_it():
+    old = {"cpu": "AMD EPYC", "cpu_count": 2, "gpu": None}
+    assert machine_text(old) == "AMD EPYC (2 cores)"
+    assert machine_text(dict(old, cpu_isa="AVX512")) == "AMD EPYC (2 cores, AVX512)"
+    assert machine_text(dict(old, cpu_isa="AVX2", gpu="NVIDIA H100")) == "AMD EPYC (2 cores, AVX2), GPU NVIDIA H100"
+    results = [fake_result("toys", "pod", "rigorous", 0, 0.01, 0.2), fake_result("toys", "pod", "rigorous", 1, 0.01, 0.2)]
+    results[1]["machine"] = dict(old, cpu_isa="AVX512")
+    assert "Measured on AMD EPYC (2 cores, AVX512); cpu (2 cores), " in grid_markdown(results)
 
 
 def test_update_markdown_section_replaces_only_its_own_block(tmp_path):

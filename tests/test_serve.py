@@ -1,54 +1,28 @@
-"""Serving: the `peapod.Recommender` Python API, the micro-batcher, the CLI and the real HTTP server.
-
-One tiny trainer run (configs/tiny.yaml: the embedded demo-toys data, 20 steps) is shared by every test of the module; the
-HTTP tests start `peapod serve` in a subprocess on a free loopback port.
+"""Serving: the `peapod.Recommender` Python API, the micro-batcher and the CLI, on one tiny trained run
+(tests/serve_run.py) that the HTTP tests (test_serve_http.py) share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from serve_run import user_with_history
 
 import peapod
 from peapod.serve.batching import BatcherClosed, MicroBatcher
-from peapod.serve.recommender import MAX_CANDIDATES, MAX_HISTORY, Recommender, UnknownItem, UnknownUser
-
-REPO = Path(__file__).resolve().parents[1]
-SERVER_START_TIMEOUT_S = 180
-
-
-# ---- one tiny trained run ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from peapod.train.config import load_config
-    from peapod.train.trainer import train
-
-    cfg = load_config(
-        REPO / "configs" / "tiny.yaml",
-        ["model.cf_iterations=3", "train.max_steps=20", "train.epochs=1", "train.val_max_users=30", "train.batch_size=8",
-         "train.checkpoint_every=1000"],
-    )
-    out = tmp_path_factory.mktemp("serverun") / "run"
-    train(cfg, out, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def rec(run_dir) -> Recommender:
-    return peapod.Recommender.load(run_dir, device="cpu")
-
-
-def _user_with_history(rec: Recommender, min_len: int = 6) -> str:
-    return next(u for u, s in zip(rec.dataset.user_ids, rec.dataset.sequences) if len(s) >= min_len)
+from peapod.serve.recommender import (
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    Recommender,
+    UnknownItem,
+    UnknownUser,
+)
 
 
 # ---- Python API ----------------------------------------------------------------------------------
@@ -71,7 +45,7 @@ def test_info(rec):
 
 
 def test_recommend_known_user(rec):
-    user = _user_with_history(rec)
+    user = user_with_history(rec)
     history = set(rec.user_history(user))
     items = rec.recommend(user, k=10)
     assert len(items) == 10 and len({i for i, _ in items}) == 10
@@ -100,7 +74,7 @@ def test_recommend_by_history_for_new_user(rec):
 
 def test_cold_start_fold_in_overlaps_known_user(rec):
     """A training user served only from its items (CF fold-in, no id) gets a list overlapping its own."""
-    user = _user_with_history(rec)
+    user = user_with_history(rec)
     history = rec.user_history(user)
     as_known = [i for i, _ in rec.recommend(user, k=10, exclude_history=True)]
     as_new = [i for i, _ in rec.recommend(history=history, k=10, exclude_history=True)]
@@ -118,7 +92,7 @@ def test_cold_start_fold_in_overlaps_known_user(rec):
 
 
 def test_rank(rec):
-    user = _user_with_history(rec)
+    user = user_with_history(rec)
     candidates = rec.dataset.item_ids[100:130]
     ranked = rec.rank(user, candidates)
     assert sorted(i for i, _ in ranked) == sorted(candidates)
@@ -129,7 +103,7 @@ def test_rank(rec):
 
 
 def test_explain(rec):
-    user = _user_with_history(rec)
+    user = user_with_history(rec)
     text = rec.explain(user, rec.dataset.item_ids[0])
     assert isinstance(text, str) and text.strip()
     assert isinstance(rec.explain(None, rec.dataset.item_ids[0], history=rec.dataset.item_ids[1:4]), str)
@@ -245,7 +219,7 @@ def test_cli_recommend_and_explain(run_dir, rec):
     from peapod.cli import app
 
     runner = CliRunner()
-    user = _user_with_history(rec)
+    user = user_with_history(rec)
     r = runner.invoke(app, ["recommend", str(run_dir), "--user", user, "-k", "4", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
@@ -268,139 +242,3 @@ def test_cli_recommend_and_explain(run_dir, rec):
         assert r.exit_code == 2, r.output
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ")
-
-
-# ---- the real HTTP server ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
-    import httpx
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serverlog") / "server.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "peapod.cli", "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port),
-             "--device", "cpu", "--max-wait-ms", "20", "--log-level", "warning"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer /health within {SERVER_START_TIMEOUT_S}s:\n{log.read_text()}")
-            time.sleep(0.3)
-        with httpx.Client(base_url=base, timeout=60) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
-def test_http_endpoints(server, rec):
-    health = server.get("/health").json()
-    assert health["status"] == "ok" and health["catalogue_size"] == rec.dataset.n_items and health["indexing"] == "p5-sequential"
-    assert health["model"]["variant"] == "peapod" and set(health["batching"]["endpoints"]) == {"recommend", "rank", "explain"}
-
-    user = _user_with_history(rec)
-    r = server.post("/recommend", json={"user": user, "k": 5})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["user"] == user and body["cold_start"] is False
-    assert [x["item"] for x in body["items"]] == [i for i, _ in rec.recommend(user, k=5)]
-    assert [x["score"] for x in body["items"]] == pytest.approx([s for _, s in rec.recommend(user, k=5)], abs=1e-4)
-
-    history = rec.dataset.item_ids[:4]
-    r = server.post("/recommend", json={"history": history, "k": 3, "explain": True})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["cold_start"] is True and len(body["items"]) == 3
-    assert all(isinstance(x["explanation"], str) for x in body["items"]) and not set(history) & {x["item"] for x in body["items"]}
-    r = server.post("/recommend", json={"user": "brand-new", "history": history, "k": 3, "exclude_history": False})
-    assert r.status_code == 200 and r.json()["cold_start"] is True
-
-    cands = rec.dataset.item_ids[200:220]
-    r = server.post("/rank", json={"user": user, "candidates": cands})
-    assert r.status_code == 200, r.text
-    ranked = r.json()["items"]
-    assert sorted(x["item"] for x in ranked) == sorted(cands)
-    assert [x["item"] for x in ranked] == [i for i, _ in rec.rank(user, cands)]
-
-    r = server.post("/explain", json={"user": user, "item": cands[0]})
-    assert r.status_code == 200, r.text
-    assert r.json()["explanation"] == rec.explain(user, cands[0])
-
-    assert server.get("/docs").status_code == 200
-    paths = server.get("/openapi.json").json()["paths"]
-    assert {"/recommend", "/rank", "/explain", "/health"} <= set(paths)
-
-
-def test_http_errors(server, rec):
-    user = rec.dataset.user_ids[0]
-    item = rec.dataset.item_ids[0]
-    r = server.post("/recommend", json={"user": "no-such-user"})
-    assert r.status_code == 404 and "no-such-user" in r.json()["detail"]
-    assert server.post("/explain", json={"user": user, "item": "no-such-item"}).status_code == 404
-    assert server.post("/rank", json={"user": user, "candidates": [item, "no-such-item"]}).status_code == 404
-    assert server.post("/recommend", json={"history": [item, "no-such-item"]}).status_code == 404
-    assert server.post("/explain", json={"user": "no-such-user", "item": item}).status_code == 404
-    bad = [
-        ("/recommend", b"{not json"),
-        ("/recommend", {}),
-        ("/recommend", {"user": user, "k": 0}),
-        ("/recommend", {"user": user, "k": 101}),
-        ("/recommend", {"user": user, "k": "ten"}),
-        ("/recommend", {"history": [item] * (MAX_HISTORY + 1)}),
-        ("/recommend", {"history": []}),
-        ("/recommend", {"user": user, "unknown_field": 1}),
-        ("/rank", {"user": user, "candidates": []}),
-        ("/rank", {"user": user, "candidates": [item, item]}),
-        ("/explain", {"user": user}),
-    ]
-    for path, body in bad:
-        r = server.post(path, content=body, headers={"content-type": "application/json"}) if isinstance(body, bytes) else server.post(path, json=body)
-        assert r.status_code == 422, (path, body, r.status_code, r.text)
-
-
-def test_http_concurrent_requests_are_micro_batched(server, rec):
-    before = server.get("/health").json()["batching"]["endpoints"]["recommend"]
-    users = rec.dataset.user_ids[:16]
-    results: list = [None] * len(users)
-
-    def call(j: int) -> None:
-        import httpx
-
-        with httpx.Client(base_url=str(server.base_url), timeout=120) as c:
-            results[j] = c.post("/recommend", json={"user": users[j], "k": 10})
-
-    threads = [threading.Thread(target=call, args=(j,)) for j in range(len(users))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    assert all(r is not None and r.status_code == 200 for r in results), [getattr(r, "text", None) for r in results]
-    for u, r in zip(users, results):
-        assert [x["item"] for x in r.json()["items"]] == [i for i, _ in rec.recommend(u, k=10)]
-    after = server.get("/health").json()["batching"]
-    served = after["endpoints"]["recommend"]["requests_served"] - before["requests_served"]
-    batches = after["endpoints"]["recommend"]["batches_run"] - before["batches_run"]
-    assert served == len(users) and batches < served
-    assert after["batches_run"] < after["requests_served"]

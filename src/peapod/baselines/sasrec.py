@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from peapod.baselines.popularity import RankingEvaluation
-from peapod.data.dataset import VALIDATION_USER_SAMPLES, Dataset, validation_users
+from peapod.data.dataset import (
+    VALIDATION_USER_SAMPLES,
+    VALIDATION_USER_SAMPLES_TEXT,
+    Dataset,
+    validation_users,
+)
 
 
 @dataclass
@@ -50,7 +55,7 @@ class SASRecConfig:
 
     def __post_init__(self) -> None:
         if self.val_users not in VALIDATION_USER_SAMPLES:
-            raise ValueError(f"SASRec val_users must be 'first' or 'random', not {self.val_users!r}")
+            raise ValueError(f"SASRec val_users must be {VALIDATION_USER_SAMPLES_TEXT}, not {self.val_users!r}")
 
 
 class SASRec(nn.Module, RankingEvaluation):

@@ -31,6 +31,7 @@ class DataError(ValueError):
 
 
 VALIDATION_USER_SAMPLES = ("first", "random")
+VALIDATION_USER_SAMPLES_TEXT = " or ".join(repr(s) for s in VALIDATION_USER_SAMPLES)
 
 
 def validation_users(n_users: int, max_users: int | None, sample: str = "first", seed: int = 0) -> list[int]:
@@ -42,7 +43,7 @@ def validation_users(n_users: int, max_users: int | None, sample: str = "first",
     files: their first users have longer histories (Beauty's first 2,000: 12.1 items, against 8.9).
     """
     if sample not in VALIDATION_USER_SAMPLES:
-        raise ValueError(f"validation user sample must be 'first' or 'random', not {sample!r}")
+        raise ValueError(f"validation user sample must be {VALIDATION_USER_SAMPLES_TEXT}, not {sample!r}")
     if max_users is None or max_users >= n_users:
         return list(range(n_users))
     if sample == "first":

@@ -36,7 +36,7 @@ training runs in `<out>/runs/` (large, not).
 targets' status; `update_markdown_section` splices it into BENCHMARKS.md between markers.
 """
 
-from peapod.grid.report import grid_markdown, update_markdown_section
+from peapod.grid.report import grid_markdown, machine_text, update_markdown_section
 from peapod.grid.run import (
     _generative_overrides,
     cell_command,
@@ -75,6 +75,7 @@ __all__ = [
     "load_grid_spec",
     "load_results",
     "machine_info",
+    "machine_text",
     "plan_cells",
     "run_cell",
     "run_grid",

@@ -168,12 +168,17 @@ def _paired_lines(results: list[dict], dataset: str, protocol: str = "rigorous")
     return out
 
 
+def machine_text(machine: dict) -> str:
+    """'CPU (N cores, ISA), GPU G' for a cell's machine record; cells written before `cpu_isa` was recorded lack it."""
+    cores = f"{machine['cpu_count']} cores" + (f", {machine['cpu_isa']}" if machine.get("cpu_isa") else "")
+    return f"{machine['cpu']} ({cores})" + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
+
+
 def grid_markdown(results: list[dict], spec: GridSpec | None = None, spec_path: str | Path | None = None) -> str:
     """The Markdown section for a grid's results: per dataset, a legacy and a rigorous table."""
     if not results:
         return "No cell of this grid has finished yet.\n"
-    machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cpu_count']} cores)" + (f", GPU {r['machine']['gpu']}" if r["machine"].get("gpu") else "")
-                       for r in results})
+    machines = sorted({machine_text(r["machine"]) for r in results})
     dates = sorted(r["started"][:10] for r in results)
     lines = []
     if spec is not None:

@@ -29,7 +29,8 @@ from peapod.io import write_json_atomic
 
 
 def machine_info() -> dict:
-    """CPU model and count, GPU model (if any), torch version and threads: what a row was measured on."""
+    """CPU model, count and the vector ISA torch's kernels use (two CPUs with one model name can differ there, and
+    it sets the speed), GPU model (if any), torch version and threads: what a row was measured on."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,9 +39,9 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "python": platform.python_version()}
-    return info
 
 
 def cell_command(spec_path: str | Path, cell: Cell) -> str:
