@@ -7,7 +7,7 @@ import pytest
 from peapod.data import Dataset, load_dataset
 
 # The model tests' synthetic world (fixtures `ds`, `indexes`, `models`, shared by test_model*.py and test_cf.py) and
-# the serving tests' one tiny trained run (`run_dir`, `rec`, shared by test_serve*.py).
+# the serving tests' one tiny trained run (`served_run`, `rec`, shared by test_serve*.py).
 pytest_plugins = ["model_fixtures", "serve_run"]
 
 # The staged P5 datasets live beside the repository (../shared/data); a stranger's clone has none.

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
+def served_run(tmp_path_factory):
     from peapod.train.config import load_config
     from peapod.train.trainer import train
 
@@ -31,8 +31,8 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def rec(run_dir) -> Recommender:
-    return peapod.Recommender.load(run_dir, device="cpu")
+def rec(served_run) -> Recommender:
+    return peapod.Recommender.load(served_run, device="cpu")
 
 
 def user_with_history(rec: Recommender, min_len: int = 6) -> str:

@@ -1,5 +1,5 @@
 """Serving: the `peapod.Recommender` Python API, the micro-batcher and the CLI, on one tiny trained run
-(tests/serve_run.py) that the HTTP tests (test_serve_http.py) share.
+(tests/serve_run.py: fixtures `served_run`, `rec`) that the HTTP tests (test_serve_http.py) share.
 """
 
 from __future__ import annotations
@@ -213,30 +213,30 @@ def test_micro_batcher_failures():
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
-def test_cli_recommend_and_explain(run_dir, rec):
+def test_cli_recommend_and_explain(served_run, rec):
     from typer.testing import CliRunner
 
     from peapod.cli import app
 
     runner = CliRunner()
     user = user_with_history(rec)
-    r = runner.invoke(app, ["recommend", str(run_dir), "--user", user, "-k", "4", "--device", "cpu"])
+    r = runner.invoke(app, ["recommend", str(served_run), "--user", user, "-k", "4", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["user"] == user and not out["cold_start"] and len(out["items"]) == 4
     assert [x["item"] for x in out["items"]] == [i for i, _ in rec.recommend(user, k=4)]
     hist = ",".join(rec.dataset.item_ids[:3])
-    r = runner.invoke(app, ["recommend", str(run_dir), "--history", hist, "-k", "3", "--explain", "--device", "cpu"])
+    r = runner.invoke(app, ["recommend", str(served_run), "--history", hist, "-k", "3", "--explain", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["cold_start"] and all("explanation" in x for x in out["items"])
-    r = runner.invoke(app, ["explain", str(run_dir), "--user", user, "--item", rec.dataset.item_ids[0], "--device", "cpu"])
+    r = runner.invoke(app, ["explain", str(served_run), "--user", user, "--item", rec.dataset.item_ids[0], "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["explanation"] == rec.explain(user, rec.dataset.item_ids[0])
     for args in (
-        ["recommend", str(run_dir), "--user", "no-such-user"],
-        ["explain", str(run_dir), "--user", user, "--item", "no-such-item"],
-        ["recommend", str(run_dir), "--user", user, "-k", "0"],
+        ["recommend", str(served_run), "--user", "no-such-user"],
+        ["explain", str(served_run), "--user", user, "--item", "no-such-item"],
+        ["recommend", str(served_run), "--user", user, "-k", "0"],
     ):
         r = runner.invoke(app, args + ["--device", "cpu"])
         assert r.exit_code == 2, r.output

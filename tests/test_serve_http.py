@@ -23,15 +23,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
+def server(served_run, tmp_path_factory):
     import httpx
 
     port = _free_port()
     log = tmp_path_factory.mktemp("serverlog") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            peapod_cmd("serve", run_dir, "--host", "127.0.0.1", "--port", port, "--device", "cpu", "--max-wait-ms", "20",
-                       "--log-level", "warning"),
+            peapod_cmd("serve", served_run, "--host", "127.0.0.1", "--port", port, "--device", "cpu",
+                       "--max-wait-ms", "20", "--log-level", "warning"),
             stdout=fh, stderr=subprocess.STDOUT, env=cli_env(), cwd=str(REPO),
         )
     base = f"http://127.0.0.1:{port}"
