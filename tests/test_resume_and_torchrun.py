@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_runs import TASKS, TINY, cli_env, leftovers, log_events, make_mini_p5, peapod_cmd, set_args
+from train_runs import TASKS, TINY, cli_env, free_port, leftovers, log_events, make_mini_p5, peapod_cmd, set_args
 
 from peapod.data import build_item_index, load_dataset
 from peapod.model.peapod import load_bundle
@@ -168,12 +167,6 @@ def test_max_minutes_stops_after_the_step_that_crosses_the_budget_and_resume_res
 
 
 # ---- torchrun, 2 processes, gloo ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant (found through /proc; the workers are in other sessions)."""
     children: dict[int, list[int]] = {}
@@ -219,7 +212,7 @@ def test_torchrun_two_ranks_on_cpu_stay_in_sync(mini, tmp_path):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "peapod.cli", "train", "--config", str(TINY), "--data", str(mini),
+        "--master_port", str(free_port()), "-m", "peapod.cli", "train", "--config", str(TINY), "--data", str(mini),
         "--out", str(run), "-q", *set_args(*settings),
     ]
     # Output goes to files, not pipes: torchrun starts each worker in a session of its own, so a hung

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
 from serve_run import REPO, user_with_history
-from train_runs import cli_env, peapod_cmd
+from train_runs import cli_env, free_port, peapod_cmd
 
 from peapod.serve.recommender import MAX_HISTORY
 
 SERVER_START_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(served_run, tmp_path_factory):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serverlog") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(

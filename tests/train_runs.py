@@ -1,11 +1,12 @@
-"""Helpers for the tests that run `peapod train` as a subprocess: the command, its environment, the run log,
-and a 60-user P5 directory cut from the embedded demo-toys data.
+"""Helpers for the tests that run `peapod` as a subprocess (train, torchrun, serve): the command, its
+environment, a free loopback port, the run log, and a 60-user P5 directory cut from the embedded demo-toys data.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,13 @@ def cli_env() -> dict:
 
 def peapod_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "peapod.cli", *map(str, args)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for torchrun's master, or `peapod serve`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def set_args(*items: str) -> list[str]:
