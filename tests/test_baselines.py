@@ -34,7 +34,7 @@ def cycle_ds(n_users: int = 40, n_items: int = 30, length: int = 8) -> Dataset:
     return make_ds([[(u + j) % n_items for j in range(length)] for u in range(n_users)], n_items)
 
 
-FAST = SASRecConfig(dim=32, n_layers=2, n_heads=2, dropout=0.1, max_len=10, lr=1e-2, batch_size=16, epochs=30)
+FAST = SASRecConfig(dim=32, n_layers=2, n_heads=2, dropout=0.1, max_len=10, lr=1e-2, batch_size=16, epochs=30, loss="bce", patience=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_popularity_ranks_most_frequent_training_item_first():
     ds = make_ds([[2, 0, 1, 2], [2, 1, 0, 3], [2, 0, 3, 3]], n_items=4)
     model = PopularityModel().fit(ds)
     assert int(model.scores([0])[0].argmax()) == 2
-    m = model.evaluate_full(ds, "test")
+    m = model.evaluate_full(ds, "test", history="included")
     assert list(m) == FULL_KEYS
     assert m["HR@1"] == pytest.approx(1 / 3)
     # Item 3 has the lowest count (no ties): rank 3 -> inside HR@5.
@@ -67,12 +67,25 @@ def test_popularity_ranks_most_frequent_training_item_first():
     assert all(0.0 <= v <= 1.0 for v in m.values())
 
 
-def test_popularity_mask_history_and_max_users():
-    # User 0 test history [1, 1, 0]; the target 2 is less popular than 1 and 0 unless they are masked.
+def test_popularity_history_excluded_and_max_users():
+    # User 0 test history [1, 1, 0]; the target 2 is less popular than 1 and 0 unless they are removed.
     ds = make_ds([[1, 1, 0, 2], [1, 0, 1, 1]], n_items=3)
     model = PopularityModel().fit(ds)
-    assert model.evaluate_full(ds, "test", max_users=1)["HR@1"] == 0.0
-    assert model.evaluate_full(ds, "test", max_users=1, mask_history=True)["HR@1"] == 1.0
+    assert model.evaluate_full(ds, "test", max_users=1, history="included")["HR@1"] == 0.0
+    assert model.evaluate_full(ds, "test", max_users=1, history="excluded")["HR@1"] == 1.0
+    assert model.evaluate_full(ds, "test", max_users=1) == model.evaluate_full(ds, "test", max_users=1, history="excluded")
+    with pytest.raises(ValueError, match="history"):
+        model.evaluate_full(ds, "test", history="masked")
+
+
+def test_the_target_is_never_excluded_even_when_the_user_had_it():
+    # User 1's test target 1 occurred twice before: it must stay rankable (and rank first by popularity).
+    ds = make_ds([[1, 1, 0, 2], [1, 0, 1, 1]], n_items=3)
+    assert ds.seen_items(1, "test") == [0]
+    assert ds.seen_items(0, "test") == [0, 1]
+    assert ds.seen_items(0, "val") == [1]
+    model = PopularityModel().fit(ds)
+    assert model.evaluate_full(ds, "test", users=[1], history="excluded")["HR@1"] == 1.0
 
 
 def test_popularity_candidates_with_hand_made_negatives():
@@ -94,9 +107,9 @@ def test_sasrec_learns_a_deterministic_cycle(cyc_model):
     assert scores.shape == (3, ds.n_items)
     # Pointwise BCE with negatives drawn outside the user's sequence never pushes the user's own
     # earlier items down, so rank the unseen items (what the next item of a cycle always is).
-    m = model.evaluate_full(ds, "test", mask_history=True)
+    m = model.evaluate_full(ds, "test", history="excluded")
     assert m["HR@1"] >= 0.8
-    assert model.evaluate_full(ds, "val", mask_history=True)["HR@1"] >= 0.8
+    assert model.evaluate_full(ds, "val", history="excluded")["HR@1"] >= 0.8
 
 
 def test_sasrec_training_is_deterministic_per_seed(cyc_model):
@@ -143,7 +156,7 @@ def test_sasrec_early_stopping_keeps_the_best_validated_weights():
     model = train_sasrec(ds, cfg)
     validated = [e for e in model.training_log if "val_NDCG@10" in e]
     assert [e["epoch"] for e in validated] == [e for e in range(1, len(model.training_log), 2)]
-    best = max(validated, key=lambda e: e["val_NDCG@10"])
+    best = max(validated, key=lambda e: e["val_HR@10"])  # the first of equal ones
     assert model.best_epoch == best["epoch"]
     # The returned weights are that epoch's: they reproduce its validation score.
     assert model.evaluate_full(ds, "val", max_users=20)["NDCG@10"] == pytest.approx(best["val_NDCG@10"])
@@ -167,3 +180,47 @@ def test_sasrec_length_buckets_cover_every_row_once_and_group_similar_lengths():
 def test_sasrec_rejects_an_unknown_loss():
     with pytest.raises(ValueError, match="loss"):
         train_sasrec(cycle_ds(), SASRecConfig(loss="hinge"))
+
+
+def test_sasrec_output_does_not_depend_on_the_padding_before_a_history():
+    # Positions count from the newest item and attention skips padding, so a batch cropped to its
+    # longest row scores a short history exactly as one padded to max_len.
+    ds = make_ds([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0], [2, 3, 4, 0, 1]], n_items=5)
+    model = train_sasrec(ds, SASRecConfig(dim=8, max_len=6, epochs=2, patience=0, loss="ce"))
+    short, long = [3, 4], [0, 1, 2, 3, 4, 0]
+    together = model.scores([short, long])  # the short row padded to 6 columns
+    alone = model.scores([short])  # 2 columns
+    assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_sasrec_sampled_softmax_learns_a_cycle_and_rejects_bad_settings():
+    ds = make_ds([[u % 6, (u + 1) % 6, (u + 2) % 6, (u + 3) % 6, (u + 4) % 6, (u + 5) % 6] * 2 for u in range(6)], n_items=6)
+    model = train_sasrec(ds, SASRecConfig(dim=16, max_len=8, epochs=60, patience=0, n_negatives=4, seed=1))
+    assert model.evaluate_full(ds, "test", history="included")["HR@1"] >= 0.8
+    with pytest.raises(ValueError, match="loss"):
+        SASRecConfig(loss="bpr")
+    with pytest.raises(ValueError, match="n_heads"):
+        SASRecConfig(dim=10, n_heads=3)
+
+
+def test_cli_baseline_sasrec_writes_the_evaluate_metrics_file(tmp_path):
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+    from train_runs import cli_env, peapod_cmd
+
+    out = tmp_path / "sas"
+    args = ("baseline", "sasrec", "demo-toys", "--out", out, "--set", "dim=16", "--set", "epochs=2", "--max-users", 40)
+    done = subprocess.run(peapod_cmd(*args), capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sasrec epoch 2/2" in done.stdout and "history excluded" in done.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["format"] == "peapod-metrics/1" and m["variant"] == "sasrec" and m["protocol"] == "rigorous"
+    assert m["tasks"]["sequential"]["history"] == "excluded" and m["tasks"]["sequential"]["users"] == 40
+    assert list(m["tasks"]["sequential"]["metrics"]) == FULL_KEYS and list(m["tasks"]["topn"]["metrics"]) == CAND_KEYS
+    assert m["training"]["config"]["dim"] == 16 and m["training"]["epochs_run"] == 2
+    assert load_file(str(out / "sasrec" / "model.safetensors"))["item_emb.weight"].shape[1] == 16
+    bad = subprocess.run(peapod_cmd("baseline", "sasrec", "demo-toys", "--out", out, "--set", "depth=3"),
+                         capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert bad.returncode == 2 and "depth=3" in bad.stderr and "Traceback" not in bad.stderr

@@ -142,6 +142,24 @@ BAD_CASES = {
         3,
         "timestamp 'yesterday'",
     ),
+    "CSV with a saved index column": (
+        lambda p: _with(p, "t.csv", "user,item,timestamp\nX,a,x,1\nY,a,y,2\nZ,a,z,3\n"),
+        "t.csv",
+        2,
+        "4 fields where the header has 3",
+    ),
+    "CSV id with whitespace": (
+        lambda p: _with(p, "t.csv", "user,item,timestamp\na,1,1\na,2 b,2\na,3,3\n"),
+        "t.csv",
+        3,
+        "item id '2 b' contains whitespace",
+    ),
+    "CSV columns that clash once lower-cased": (
+        lambda p: _with(p, "t.csv", "user,User,item,timestamp\na,b,1,1\na,b,2,2\na,b,3,3\n"),
+        "t.csv",
+        1,
+        "columns 'user', 'User' are the same name once lower-cased",
+    ),
     "empty CSV": (lambda p: _with(p, "t.csv", ""), "t.csv", 1, "empty file"),
     "CSV non-UTF-8": (lambda p: _with(p, "t.csv", b"user,item,timestamp\na,\xe9,1\n"), "t.csv", 2, "not valid UTF-8"),
 }
@@ -206,3 +224,23 @@ def test_main_exits_2_on_data_error(tmp_path):
     assert proc.stderr.strip() == f"error: {root}/sequential_data.txt:2: duplicate line for user 1 (first on line 1)"
     assert proc.stdout == ""
 
+
+
+def test_repeated_interactions_are_dropped_and_counted_or_refused(tmp_path):
+    # a's test item 3 repeats its last training row: kept, it would sit in a's own test history
+    table = _with(tmp_path, "t.csv", "user,item,timestamp\na,1,1\na,2,2\na,3,3\na,3,3\nb,1,1\nb,2,2\nb,3,3\n")
+    ds = load_dataset(table)
+    assert ds.sequences[0] == [0, 1, 2] and ds.duplicates_dropped == 1 and ds.stats()["duplicates_dropped"] == 1
+    result = runner.invoke(app, ["data", "stats", str(table)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["duplicates_dropped"] == 1
+    with pytest.raises(DataError, match=r"t\.csv:5: duplicate interaction \(user 'a', item '3'"):
+        load_dataset(table, strict=True)
+    result = runner.invoke(app, ["data", "stats", str(table), "--strict"])
+    assert result.exit_code == 2 and "duplicate interaction" in result.output
+
+
+def test_the_shifted_csv_exits_2_from_the_command_line(tmp_path):
+    table = _with(tmp_path, "t.csv", "user,item,timestamp\nX,a,x,1\nY,a,y,2\nZ,a,z,3\n")
+    proc = subprocess.run([sys.executable, "-m", "peapod.cli", "data", "stats", str(table)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {table}:2: 4 fields where the header has 3 (an index column saved with the table?)"

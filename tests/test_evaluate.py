@@ -269,6 +269,7 @@ def test_metrics_file_has_every_protocol_field(run_dir, setup):
         expected = {"legacy": ("beam", "beam", "legacy"), "rigorous": ("full", "score", "greedy")}[protocol]
         assert tuple(written["decoding"][t] for t in ("sequential", "topn", "explanation")) == expected
         assert "1+99 sampled, fixed file" in written["candidates"]["topn"]
+        assert written["tasks"]["sequential"]["history"] == {"legacy": "included", "rigorous": "excluded"}[protocol]
         seq_metrics = written["tasks"]["sequential"]["metrics"]
         assert set(seq_metrics) == {"HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"}
         assert set(written["tasks"]["topn"]["metrics"]) == {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"}
@@ -308,6 +309,36 @@ def test_evaluation_is_deterministic_and_random_fill_touches_only_invalid_output
         for _ in range(2)
     ]
     assert _stable(rig[0]) == _stable(rig[1])
+
+
+def test_history_exclusion_only_lifts_ranks_and_every_model_gets_the_same_mask(run_dir, setup, monkeypatch):
+    from peapod.baselines import PopularityModel, SASRecConfig, train_sasrec
+    from peapod.data.dataset import Dataset
+
+    ds = setup.dataset
+    asked: list[tuple[int, str]] = []
+    original = Dataset.seen_items
+
+    def spy(self, user, split):
+        asked.append((user, split))
+        return original(self, user, split)
+
+    monkeypatch.setattr(Dataset, "seen_items", spy)
+    kw = dict(protocol="rigorous", tasks="seq", max_users=12, write=False, progress=False, setup=setup, keep_predictions=True)
+    kept = evaluate_run(run_dir, history="included", **kw)
+    assert asked == []
+    removed = evaluate_run(run_dir, **kw)
+    peapod_mask = sorted(asked)
+    assert peapod_mask == [(u, "test") for u in range(12)]
+    out_kept, out_removed = kept["predictions"]["sequential"], removed["predictions"]["sequential"]
+    for u, target, a, b in zip(range(12), out_kept["targets"], out_kept["lists"], out_removed["lists"]):
+        assert not set(b) & set(original(ds, u, "test"))
+        if target in a:  # removing other items can only move the target up
+            assert target in b and b.index(target) <= a.index(target)
+    for model in (PopularityModel().fit(ds), train_sasrec(ds, SASRecConfig(dim=8, max_len=10, epochs=1))):
+        asked.clear()
+        model.evaluate_full(ds, "test", max_users=12)
+        assert sorted(asked) == peapod_mask
 
 
 def test_full_ranking_matches_sorting_all_scores(setup):

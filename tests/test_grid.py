@@ -81,17 +81,22 @@ def test_a_missing_spec_or_unreadable_yaml_is_a_grid_error(tmp_path):
         load_grid_spec(bad)
 
 
-def test_plan_runs_popularity_once_sasrec_per_seed_and_generative_per_protocol(tmp_path):
+def test_plan_runs_popularity_once_per_protocol_and_sasrec_like_a_generative_variant(tmp_path):
     spec = load_grid_spec(write_spec(tmp_path, variants=["pod", "popularity", "sasrec"]))
     cells = plan_cells(spec)
     assert cells == [
         Cell("demo", "pod", "legacy", 0), Cell("demo", "pod", "rigorous", 0), Cell("demo", "pod", "rigorous", 1),
-        Cell("demo", "popularity", "any", 0), Cell("demo", "sasrec", "any", 0), Cell("demo", "sasrec", "any", 1),
+        Cell("demo", "popularity", "legacy", 0), Cell("demo", "popularity", "rigorous", 0),
+        Cell("demo", "sasrec", "legacy", 0), Cell("demo", "sasrec", "rigorous", 0), Cell("demo", "sasrec", "rigorous", 1),
     ]
     assert plan_cells(spec, protocols=["legacy"], variants=["pod", "sasrec"]) == [
-        Cell("demo", "pod", "legacy", 0), Cell("demo", "sasrec", "any", 0)]
-    assert plan_cells(spec, seeds=[1]) == [Cell("demo", "pod", "rigorous", 1), Cell("demo", "popularity", "any", 0),
-                                           Cell("demo", "sasrec", "any", 1)]
+        Cell("demo", "pod", "legacy", 0), Cell("demo", "sasrec", "legacy", 0)]
+    assert plan_cells(spec, seeds=[1]) == [Cell("demo", "pod", "rigorous", 1), Cell("demo", "popularity", "legacy", 0),
+                                           Cell("demo", "popularity", "rigorous", 0), Cell("demo", "sasrec", "rigorous", 1)]
+    # the protocols of a baseline share one trained model
+    from peapod.grid.run import run_key
+
+    assert run_key(spec, Cell("demo", "sasrec", "legacy", 0)) == run_key(spec, Cell("demo", "sasrec", "rigorous", 0))
     with pytest.raises(GridError, match="beauty"):
         plan_cells(spec, datasets=["beauty"])
     with pytest.raises(GridError, match="p5"):
@@ -116,10 +121,15 @@ def tiny_grid(tmp_path_factory):
 def test_tiny_grid_writes_one_json_per_cell_with_its_protocol(tiny_grid):
     spec_path, out, results, seen = tiny_grid
     assert [(c.variant, c.protocol, computed) for c, computed in seen] == [
-        ("pod", "legacy", True), ("pod", "rigorous", True), ("popularity", "any", True)]
+        ("pod", "legacy", True), ("pod", "rigorous", True), ("popularity", "legacy", True), ("popularity", "rigorous", True)]
     files = sorted(p.name for p in (out / "cells").glob("*.json"))
-    assert files == ["demo__pod__legacy__seed0.json", "demo__pod__rigorous__seed0.json", "demo__popularity__any__seed0.json"]
-    legacy, rigorous, pop = (json.loads((out / "cells" / f).read_text()) for f in files)
+    assert files == ["demo__pod__legacy__seed0.json", "demo__pod__rigorous__seed0.json",
+                     "demo__popularity__legacy__seed0.json", "demo__popularity__rigorous__seed0.json"]
+    legacy, rigorous, pop_legacy, pop = (json.loads((out / "cells" / f).read_text()) for f in files)
+    # the field's history rule is the rigorous protocol's, for every model; legacy keeps the published one
+    assert rigorous["tasks"]["sequential"]["history"] == pop["tasks"]["sequential"]["history"] == "excluded"
+    assert legacy["tasks"]["sequential"]["history"] == pop_legacy["tasks"]["sequential"]["history"] == "included"
+    assert pop["evaluation"]["history"] == "excluded"
     assert legacy["evaluation"]["indexing"] == "p5-sequential" and rigorous["evaluation"]["indexing"] == "random"
     assert legacy["tasks"]["sequential"]["decoding"] == "beam" and rigorous["tasks"]["sequential"]["decoding"] == "full"
     assert legacy["tasks"]["topn"]["decoding"] == "beam" and rigorous["tasks"]["topn"]["decoding"] == "score"
@@ -135,7 +145,7 @@ def test_tiny_grid_writes_one_json_per_cell_with_its_protocol(tiny_grid):
     assert legacy["config"]["model"]["variant"] == "pod" and legacy["config"]["train"]["seed"] == 0
     assert legacy["command"].startswith("peapod bench grid ") and "--variants pod" in legacy["command"]
     assert "--protocols legacy" in legacy["command"] and "--seeds 0" in legacy["command"]
-    assert pop["tasks"]["topn"]["candidates"] == "1 + 99 fixed negatives"
+    assert pop["tasks"]["topn"]["candidates"].startswith("1+99 sampled, fixed file")
 
 
 def test_finished_cells_are_never_recomputed(tiny_grid):
@@ -143,7 +153,7 @@ def test_finished_cells_are_never_recomputed(tiny_grid):
     before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
     seen = []
     again = run_grid(spec_path, out, on_cell=lambda cell, result, computed: seen.append(computed))
-    assert seen == [False, False, False]
+    assert seen == [False, False, False, False]
     assert again == results
     assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")} == before
 
@@ -189,7 +199,7 @@ def test_bench_grid_cli_dry_run_and_report(tiny_grid, tmp_path):
     dry = subprocess.run(peapod_cmd("bench", "grid", spec_path, "--out", out, "--dry-run"),
                          capture_output=True, text=True, env=env, timeout=120)
     assert dry.returncode == 0, dry.stderr
-    assert [line.split()[0] for line in dry.stdout.splitlines()] == ["done", "done", "done"]
+    assert [line.split()[0] for line in dry.stdout.splitlines()] == ["done"] * 4
     bench_md = tmp_path / "BENCHMARKS.md"
     bench_md.write_text("# Benchmarks\n\nhand-written text\n")
     rep = subprocess.run(peapod_cmd("bench", "report", spec_path, "--out", out, "--markdown", bench_md),
@@ -308,7 +318,7 @@ def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_shar
     assert run_key(shared, legacy) == run_key(shared, rigorous) == "demo__pod__legacy__seed1"
     over = _generative_overrides(shared, rigorous, ["sequential"])
     assert "index.strategy=random" in over and "eval.protocol=legacy" in over  # the shared run's config
-    assert run_key(shared, Cell("demo", "popularity", "any", 0)) == "demo__popularity__any__seed0"
+    assert run_key(shared, Cell("demo", "popularity", "rigorous", 0)) == "demo__popularity__seed0"
     with pytest.raises(GridError, match="variant_set names sasrec"):
         load_grid_spec(write_spec(tmp_path, variant_set={"sasrec": ["train.lr=0.5"]}))
 

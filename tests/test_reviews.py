@@ -154,6 +154,16 @@ def test_csv_multiline_text_and_no_rating_field(tmp_path):
     assert {r["explanation"] for r in recs} == {"The strap is great."} and {r["rating"] for r in recs} == {None}
 
 
+def test_csv_review_longer_than_the_csv_module_default_field_limit(tmp_path):
+    src = tmp_path / "r.csv"
+    long_text = "The strap is great. " + "x" * 200_000
+    rows = [["u", "i", "t", "text"]] + [[f"u{k % 2}", f"i{k}", str(k), long_text if k == 2 else "The strap is great."] for k in range(6)]
+    with src.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out, _ = convert(tmp_path, src, fields=FieldMap("u", "i", "t", None, "text"), min_df=1)
+    assert (out / "sequential_data.txt").read_text() == "1 1 3 5\n2 2 4 6\n"
+
+
 # ---- extraction rules ----------------------------------------------------------------------------
 def test_sentence_splitter_handles_missing_spaces():
     assert split_sentences("It is quite affordable.I did not  realize it.\nGreat!") == [

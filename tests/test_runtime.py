@@ -54,3 +54,4 @@ def test_a_run_summary_records_whether_subnormals_were_flushed(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["subnormals_flushed"] is False
+

@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import time
 
 import pytest
-from serve_run import REPO, user_with_history
-from train_runs import cli_env, free_port, peapod_cmd
+from serve_run import running_server, user_with_history
 
 from peapod.serve.recommender import MAX_HISTORY
-
-SERVER_START_TIMEOUT_S = 180
-
 
 @pytest.fixture(scope="module")
 def server(served_run, tmp_path_factory):
     import httpx
 
-    port = free_port()
     log = tmp_path_factory.mktemp("serverlog") / "server.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            peapod_cmd("serve", served_run, "--host", "127.0.0.1", "--port", port, "--device", "cpu",
-                       "--max-wait-ms", "20", "--log-level", "warning"),
-            stdout=fh, stderr=subprocess.STDOUT, env=cli_env(), cwd=str(REPO),
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer /health within {SERVER_START_TIMEOUT_S}s:\n{log.read_text()}")
-            time.sleep(0.3)
-        with httpx.Client(base_url=base, timeout=60) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    with running_server(served_run, log, "--max-wait-ms", "20") as base, httpx.Client(base_url=base, timeout=60) as client:
+        yield client
 
 
 def test_http_endpoints(server, rec):

@@ -101,9 +101,9 @@ def test_sasrec_selects_on_the_configured_users(demo, monkeypatch):
     seen = []
     original = sasrec.SASRec.evaluate_full
 
-    def spy(self, ds, split="test", max_users=None, mask_history=False, users=None):
+    def spy(self, ds, split="test", max_users=None, history="excluded", users=None):
         seen.append((split, None if users is None else list(users)))
-        return original(self, ds, split, max_users=max_users, mask_history=mask_history, users=users)
+        return original(self, ds, split, max_users=max_users, history=history, users=users)
 
     monkeypatch.setattr(sasrec.SASRec, "evaluate_full", spy)
     config = SASRecConfig(dim=16, max_len=10, epochs=1, patience=1, val_max_users=30, val_users="random")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import typer
 
+from peapod.cli_baseline import baseline_app
 from peapod.cli_bench import bench_app
 from peapod.cli_common import _split_list, check_device, fail, print_json
 from peapod.cli_serve import register_serve_commands
@@ -17,6 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="PeaPOD: pers
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and fetch datasets.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(baseline_app, name="baseline")
 
 
 @app.command("train")
@@ -31,11 +34,14 @@ def train_command(
     """Train a model (PeaPOD, POD or P5 variant) on three tasks. Works under torchrun for DDP."""
     from pathlib import Path
 
+    from peapod.rundir import LOCK_NAME, assert_unlocked
     from peapod.train.config import ConfigError, load_config
 
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         fail(f"--out {run_dir} is a file, not a run directory")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock for every rank
+        assert_unlocked(run_dir)  # a live run's directory: say whose, before anything else about it
     if resume:
         from peapod.train.checkpoint import checkpoint_exists
 
@@ -47,7 +53,7 @@ def train_command(
         cfg_path = saved
     else:
         cfg_path = config
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             fail(f"run directory {run_dir} is not empty; use --resume to continue it or choose another --out")
     try:
         cfg = load_config(cfg_path, list(set_))
@@ -68,8 +74,6 @@ def train_command(
     from peapod.train.trainer import train
 
     summary = train(cfg, run_dir, resume=resume, quiet=quiet)
-    import os
-
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun: one report, from rank 0, not one per process
     if summary.get("history"):
@@ -82,12 +86,15 @@ def train_command(
 
 
 @data_app.command("stats")
-def data_stats(path: str = typer.Argument(..., help="'demo' / 'demo-toys' (embedded), a P5 directory, or a .csv/.tsv/.parquet table.")) -> None:
-    """Print a dataset's counts (users, items, interactions, explanations per split) as JSON."""
+def data_stats(
+    path: str = typer.Argument(..., help="'demo' / 'demo-toys' (embedded), a P5 directory, or a .csv/.tsv/.parquet table."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse a table that repeats a (user, item, timestamp) row instead of dropping the repeats."),
+) -> None:
+    """Print a dataset's counts (users, items, interactions, explanations per split, duplicates dropped) as JSON."""
     from peapod.data.loaders import load_dataset
 
     try:
-        ds = load_dataset(path)
+        ds = load_dataset(path, strict=strict)
     except DataError as e:
         fail(str(e))
     print_json(ds.stats())
@@ -177,7 +184,7 @@ def evaluate_command(
     max_users: int = typer.Option(None, "--max-users", help="First N users (0: all; default: the run config's eval.max_users)."),
     seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the run config's eval.seeds)."),
     legacy_random_fill: bool = typer.Option(False, "--legacy-random-fill", help="Replace invalid outputs by random items (seeded), as published."),
-    mask_history: bool = typer.Option(False, "--mask-history", help="Remove history items from full/constrained sequential rankings."),
+    history: str = typer.Option(None, "--history", help="excluded | included: leave the items a user already has out of the sequential ranking (never the target) or rank them too (default: the protocol's; rigorous excluded, legacy included)."),
     truncate_references: int = typer.Option(None, "--truncate-references", help="Legacy BLEU/ROUGE references cut to N tokenizer ids (0: none; default 20 for legacy, none for rigorous)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Requests per encoder pass (default: the run config's eval.batch_size)."),
     data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table, 'demo' or 'demo-toys') for a model directory without a run config."),
@@ -188,6 +195,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
     from peapod.evaluate.inference import EXPLANATION_DECODINGS
+    from peapod.evaluate.metrics import HISTORY_MODES
     from peapod.evaluate.runner import (
         PROTOCOLS,
         SEQ_DECODINGS,
@@ -211,6 +219,8 @@ def evaluate_command(
             fail(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
     if split not in ("val", "test"):
         fail(f"--split must be val or test; got {split!r}")
+    if history is not None and history not in HISTORY_MODES:
+        fail(f"--history must be one of {', '.join(HISTORY_MODES)}; got {history!r}")
     if max_users is not None and max_users < 0:
         fail(f"--max-users must be >= 0; got {max_users}")
     if batch_size is not None and batch_size < 1:
@@ -239,7 +249,7 @@ def evaluate_command(
         result = evaluate_run(
             run_dir, tasks=task_list, protocol=protocol, seq_decoding=seq_decoding, topn_decoding=topn_decoding,
             split=split, seed=seed_list, legacy_random_fill=legacy_random_fill, exp_decoding=exp_decoding,
-            batch_size=batch_size, progress=not quiet, data=data, out=out, mask_history=mask_history,
+            batch_size=batch_size, progress=not quiet, data=data, out=out, history=history,
             device=device, decoder_history=decoder_history, **kwargs,
         )
     except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
@@ -288,9 +298,11 @@ def main() -> None:
     from peapod.runtime import flush_subnormals
 
     flush_subnormals()  # before torch starts its worker threads: they inherit the flag (peapod.runtime)
+    from peapod.rundir import ResumeError, RunLocked
+
     try:
         app()
-    except DataError as e:
+    except (DataError, RunLocked, ResumeError) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
 

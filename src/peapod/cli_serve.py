@@ -106,6 +106,10 @@ def serve_command(
     max_batch: int = typer.Option(32, "--max-batch", help="Most requests of one kind per model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for company after its first request."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (critical, error, warning, info, debug)."),
+    api_key: str = typer.Option(None, "--api-key", envvar="PEAPOD_API_KEY", help="Require 'Authorization: Bearer KEY' on every endpoint but /health (or set PEAPOD_API_KEY)."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413 before they are read."),
+    max_queue: int = typer.Option(100, "--max-queue", help="Queued requests per endpoint kind; beyond them 503 with Retry-After."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds a request may wait for its answer; beyond them 504."),
 ) -> None:
     """Serve /recommend, /rank, /explain and /health over HTTP (OpenAPI docs at /docs), micro-batched."""
     try:
@@ -119,8 +123,17 @@ def serve_command(
         fail("--max-batch must be >= 1 and --max-wait-ms >= 0")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         fail(f"--log-level must be one of critical, error, warning, info, debug; got {log_level!r}")
+    from pydantic import ValidationError
+
+    from peapod.serve.app import ServeLimits, serve
+
+    try:
+        limits = ServeLimits(max_body_bytes=max_body_bytes, max_queue=max_queue, timeout_s=timeout)
+    except ValidationError as e:
+        fail("--max-body-bytes and --max-queue must be >= 1 and --timeout > 0: " + "; ".join(err["msg"] for err in e.errors()))
+    if api_key is not None and not api_key.strip():
+        fail("--api-key (or PEAPOD_API_KEY) is empty")
     rec = _load_recommender(run_dir, data, device)
-    from peapod.serve.app import serve
 
     info = rec.info()
     typer.echo(
@@ -128,4 +141,4 @@ def serve_command(
         f"on http://{host}:{port}  (docs: /docs)",
         err=True,
     )
-    serve(rec, host, port, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, log_level=log_level)
+    serve(rec, host, port, max_batch=max_batch, max_wait_s=max_wait_ms / 1000.0, log_level=log_level, limits=limits, api_key=api_key)

@@ -1,4 +1,9 @@
-"""Atomic file and directory writes: a crash leaves the old version or the new one, never half of one."""
+"""Atomic file and directory writes: a crash leaves the old version or the new one, never half of one.
+
+Durable too: every file and the temporary directory are fsynced before the rename that puts them in
+place, and the parent directory after it, so that after a power loss the renamed-in version holds its
+data (not empty files) and the rename itself is on disk.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,25 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file below `root`, then every directory, deepest first, `root` last."""
+    dirs = []
+    for here, subdirs, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(here) / name)
+        dirs.append(Path(here))
+    for d in reversed(dirs):
+        _fsync_path(d)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +51,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,6 +70,7 @@ def atomic_directory(path: str | Path):
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -53,6 +79,7 @@ def atomic_directory(path: str | Path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from peapod.data.dataset import Dataset
-from peapod.evaluate.metrics import rank_of_target, ranking_metrics
+from peapod.evaluate.metrics import check_history_mode, mask_items, rank_of_target, ranking_metrics
 
 ScoreFn = Callable[[list[int], list[list[int]]], torch.Tensor]
 
@@ -30,19 +30,22 @@ def full_ranking_metrics(
     ds: Dataset,
     split: str = "test",
     max_users: int | None = None,
-    mask_history: bool = False,
+    history: str = "excluded",
     batch_size: int = 256,
     users: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """HR@{1,5,10,20} / NDCG@{5,10,20} ranking the target among all items, over ``users`` (when
     given) or the first ``max_users`` users.
 
-    With ``mask_history`` the items of a user's history (other than the target itself) are
-    removed from the ranking.
+    ``history="excluded"`` (the field's protocol) removes each user's `Dataset.seen_items` from the
+    ranking; ``"included"`` ranks them too.
     """
+    check_history_mode(history)
     if users is None:
         users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
-    users = list(users)
+    # Users of similar history length share a batch (a batch is as wide as its longest history);
+    # each user's rank does not depend on the batch, and the metrics are means.
+    users = sorted(users, key=lambda u: len(ds.history_and_target(u, split)[0]))
     ranks = []
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
@@ -50,11 +53,8 @@ def full_ranking_metrics(
         histories = [h for h, _ in pairs]
         targets = torch.tensor([t for _, t in pairs], dtype=torch.long)
         scores = score_fn(chunk, histories).detach().float().clone()
-        if mask_history:
-            for row, (hist, target) in enumerate(pairs):
-                seen = [i for i in set(hist) if i != target]
-                if seen:
-                    scores[row, seen] = float("-inf")
+        if history == "excluded":
+            mask_items(scores, [ds.seen_items(u, split) for u in chunk])
         ranks.append(rank_of_target(scores, targets, ties="pessimistic"))
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     return ranking_metrics(all_ranks, ks=FULL_KS, ndcg_ks=FULL_NDCG_KS)
@@ -86,10 +86,10 @@ class RankingEvaluation:
     """`evaluate_full` / `evaluate_candidates` for any baseline with `_score_fn(users, histories) -> [B, N]`."""
 
     def evaluate_full(
-        self, ds: Dataset, split: str = "test", max_users: int | None = None, mask_history: bool = False,
+        self, ds: Dataset, split: str = "test", max_users: int | None = None, history: str = "excluded",
         users: Sequence[int] | None = None,
     ) -> dict[str, float]:
-        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, mask_history=mask_history, users=users)
+        return full_ranking_metrics(self._score_fn, ds, split, max_users=max_users, history=history, users=users)
 
     def evaluate_candidates(
         self, ds: Dataset, negatives: Sequence[Sequence[int]], split: str = "test", max_users: int | None = None

@@ -85,6 +85,7 @@ class Dataset:
     user_names: dict[str, str] = field(default_factory=dict)
     item_names: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    duplicates_dropped: int = 0  # repeated (user, item, timestamp) rows the reader dropped
 
     @property
     def n_users(self) -> int:
@@ -122,6 +123,14 @@ class Dataset:
             return seq[:-1], seq[-1]
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
 
+    def seen_items(self, user: int, split: str) -> list[int]:
+        """The items a full ranking on `split` leaves out for `user`: every item of its history
+        (training items, and the validation item on "test"), sorted, except the target itself, which
+        is never removed even when the user had it before. This is the field's protocol (SASRec,
+        BERT4Rec, S3-Rec, eSASRec): a user is not recommended what they already have."""
+        history, target = self.history_and_target(user, split)
+        return sorted(set(history) - {target})
+
     def explanations_for(self, split: str) -> list[Explanation]:
         return [e for e in self.explanations if e.split == split]
 
@@ -148,4 +157,5 @@ class Dataset:
             },
             "explanations": per_split,
             "negatives": self.negatives is not None,
+            "duplicates_dropped": self.duplicates_dropped,
         }

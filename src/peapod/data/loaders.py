@@ -36,15 +36,16 @@ def load_demo(name: str = DEMO_NAME) -> Dataset:
     return load_p5_from(root, f"peapod:data/{folder}", name)
 
 
-def load_dataset(path_or_name: str | Path, *, seed: int = 0) -> Dataset:
-    """`demo` / `demo-toys` (embedded), a P5-format directory, or a .csv/.tsv/.parquet interaction table."""
+def load_dataset(path_or_name: str | Path, *, seed: int = 0, strict: bool = False) -> Dataset:
+    """`demo` / `demo-toys` (embedded), a P5-format directory, or a .csv/.tsv/.parquet interaction table
+    (`strict`: a table that repeats an interaction is refused instead of cleaned)."""
     if is_embedded(path_or_name):
         return load_demo(str(path_or_name))
     path = Path(path_or_name)
     if path.is_dir():
         return load_p5_dir(path, seed=seed)
     if path.suffix.lower() in TABLE_SUFFIXES:
-        return load_interactions_table(path, seed=seed)
+        return load_interactions_table(path, seed=seed, strict=strict)
     if not path.exists():
         raise DataError(f"no such file or directory (expected {_expected()}, a P5 directory or a table)", str(path))
     raise DataError(
@@ -68,6 +69,8 @@ def describe_dataset(ds: Dataset) -> str:
         ("explanations", " / ".join(f"{k} {exp[k]:,}" for k in SPLITS)),
         ("negatives", negs),
     ]
+    if ds.duplicates_dropped:
+        rows.append(("duplicates dropped", f"{ds.duplicates_dropped:,} repeated (user, item, timestamp) rows"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

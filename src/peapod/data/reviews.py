@@ -194,6 +194,8 @@ def _read_jsonl(path: str, fields: FieldMap, lines: Iterator[tuple[int, str]]) -
 
 
 def _read_table(path: str, fields: FieldMap, lines: Iterator[tuple[int, str]], delimiter: str) -> Iterator[Review]:
+    # A review text may be longer than the csv module's default field limit (131,072 characters).
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader((text for _, text in lines), delimiter=delimiter)
     try:
         header = next(reader, None)

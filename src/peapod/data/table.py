@@ -8,8 +8,10 @@ for Parquet, which has no lines, the "line" is the 1-based row number.
 
 from __future__ import annotations
 
+import csv
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +42,33 @@ def _read_frame(path: Path) -> tuple[pd.DataFrame, int, bool]:
         raise DataError("empty file", where, 1)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
+        # index_col=False: rows with one field more than the header (a saved pandas index) must not
+        # silently turn the first column into the index and shift the others.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True, index_col=False)
+    except pd.errors.ParserWarning:
+        line, n_fields, n_header = _first_misfit_row(text, sep)
+        raise DataError(f"{n_fields} fields where the header has {n_header} (an index column saved with the table?)", where, line) from None
     except pd.errors.ParserError as e:
         m = _PANDAS_LINE.search(str(e))
         raise DataError(f"malformed row: {e}", where, int(m.group(1)) if m else None) from None
+    lowered = [str(c).strip().lower() for c in df.columns]
+    clash = sorted({c for c in lowered if lowered.count(c) > 1})
+    if clash:
+        same = [str(c) for c in df.columns if str(c).strip().lower() == clash[0]]
+        raise DataError(f"columns {', '.join(map(repr, same))} are the same name once lower-cased; rename one", where, 1)
     return df, 2, True  # line 1 is the header
+
+
+def _first_misfit_row(text: str, sep: str) -> tuple[int, int, int]:
+    """(line number, fields, header fields) of the first row whose field count differs from the header's."""
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    header = len(next(rows))
+    for row in rows:
+        if row and len(row) != header:
+            return rows.line_num, len(row), header
+    return rows.line_num, header, header
 
 
 def _nanoseconds(dates: pd.Series) -> np.ndarray:
@@ -82,12 +106,14 @@ def _timestamps(col: pd.Series, path: str, line_of) -> np.ndarray:
 
 
 def load_interactions_table(
-    path: str | Path, explanations: str | Path | None = None, *, name: str | None = None, seed: int = 0
+    path: str | Path, explanations: str | Path | None = None, *, name: str | None = None, seed: int = 0, strict: bool = False
 ) -> Dataset:
     """Load a CSV/TSV/Parquet interaction table, plus an optional explanation/review JSONL (or P5 JSON) file.
 
     Users are numbered in order of first appearance. Items are numbered by raw id value when every raw id
     is an integer, else in order of first appearance. `seed` splits explanation records that have no split.
+    Rows repeating a (user, item, timestamp) are dropped and counted (`Dataset.duplicates_dropped`), or
+    with `strict` refused.
     """
     path = Path(path)
     where = str(path)
@@ -95,8 +121,10 @@ def load_interactions_table(
         raise DataError("no such file", where)
     df, first_line, is_text = _read_frame(path)
 
+    rows = np.arange(len(df))  # table row of each interaction kept (duplicates are dropped below)
+
     def line_of(row: int) -> int:
-        return first_line + row
+        return first_line + int(rows[row])
 
     df = df.rename(columns={c: str(c).strip().lower() for c in df.columns})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -116,8 +144,23 @@ def load_interactions_table(
         empty = (values == "") | df[col].isna().to_numpy()
         if empty.any():
             raise DataError(f"empty {col} id", where, line_of(int(np.flatnonzero(empty)[0])))
+        # The P5 files a dataset is written back to (negative_samples.txt) separate ids by whitespace.
+        spaced = values.str.contains(r"\s", regex=True).to_numpy()
+        if spaced.any():
+            row = int(np.flatnonzero(spaced)[0])
+            raise DataError(f"{col} id {values.iloc[row]!r} contains whitespace; ids must be single tokens", where, line_of(row))
         ids[col] = values.to_numpy(dtype=object)
     times = _timestamps(df["timestamp"], where, line_of)
+    # The same (user, item, timestamp) twice is one interaction written twice: kept, it could put a
+    # user's test item into its own history. Dropped (the first kept) and counted, or refused.
+    dup = pd.DataFrame({"u": ids["user"], "i": ids["item"], "t": times}).duplicated().to_numpy()
+    if dup.any():
+        if strict:
+            row = int(np.flatnonzero(dup)[0])
+            raise DataError(f"duplicate interaction (user {ids['user'][row]!r}, item {ids['item'][row]!r}, same timestamp) "
+                            f"and {int(dup.sum()) - 1} more; drop them or load without strict", where, line_of(row))
+        ids = {k: v[~dup] for k, v in ids.items()}
+        times, rows = times[~dup], rows[~dup]
 
     user_codes, user_ids = pd.factorize(ids["user"])  # file order of first appearance
     item_codes, item_ids = pd.factorize(ids["item"])
@@ -151,6 +194,7 @@ def load_interactions_table(
         item_ids=item_ids,
         sequences=sequences,
         source=where,
+        duplicates_dropped=int(dup.sum()),
     )
     if explanations is not None:
         exp = Path(explanations)

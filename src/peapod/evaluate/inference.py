@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from peapod.evaluate.generation import GenerationMixin
+from peapod.evaluate.metrics import mask_items
 from peapod.evaluate.request_inputs import RequestInputsMixin
 from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
 from peapod.evaluate.requests import (
@@ -231,7 +232,7 @@ class Predictor(RequestInputsMixin, GenerationMixin):
             raise ValueError(f"unknown scoring method {method!r}; use 'tree' or 'naive'")
         scores = scores.float().cpu()
         if exclude is not None:
-            _mask_items(scores, exclude)
+            mask_items(scores, exclude)
         return scores
 
     @torch.no_grad()
@@ -321,14 +322,6 @@ class Predictor(RequestInputsMixin, GenerationMixin):
             items.append([int(cands[j]) for j in order])
             values.append([float(row[j]) for j in order])
         return items, values
-
-
-def _mask_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> None:
-    if len(exclude) != scores.shape[0]:
-        raise ValueError(f"{len(exclude)} exclusion lists for {scores.shape[0]} rows")
-    for i, items in enumerate(exclude):
-        if len(items):
-            scores[i, torch.as_tensor([int(x) for x in items], dtype=torch.long)] = float("-inf")
 
 
 def _stable_desc(row: torch.Tensor) -> list[int]:

@@ -28,8 +28,13 @@ import numpy as np
 import torch
 
 __all__ = [
+    "HISTORY_MODES",
+    "HISTORY_RULES",
     "MISS",
+    "PROTOCOL_HISTORY",
+    "check_history_mode",
     "hit_rate_at",
+    "mask_items",
     "metrics_from_ranked_lists",
     "ndcg_at",
     "ndcg_gains",
@@ -43,6 +48,33 @@ __all__ = [
 MISS: int = -1
 
 RankLike = torch.Tensor | np.ndarray | Sequence[int]
+
+#: What a full sequential ranking does with the items a user already has (`Dataset.seen_items`):
+#: "excluded" removes them (the field's protocol: SASRec, BERT4Rec, S3-Rec, eSASRec), "included"
+#: ranks them like any other item (the published P5/POD/PeaPOD scripts).
+HISTORY_MODES = ("excluded", "included")
+HISTORY_RULES = {
+    "excluded": "the user's training items (and the validation item on test) are removed from the ranking; the target never is",
+    "included": "items the user already has are ranked like any other item",
+}
+#: Each protocol's default (`peapod.evaluate.tasks.PROTOCOLS` holds the rest of the presets).
+PROTOCOL_HISTORY = {"legacy": "included", "rigorous": "excluded"}
+
+
+def check_history_mode(history: str) -> str:
+    if history not in HISTORY_MODES:
+        raise ValueError(f"history must be {' or '.join(repr(m) for m in HISTORY_MODES)}, not {history!r}")
+    return history
+
+
+def mask_items(scores: torch.Tensor, exclude: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Set ``scores[i, item]`` to -inf for every item of ``exclude[i]``, in place; returns ``scores``."""
+    if len(exclude) != scores.shape[0]:
+        raise ValueError(f"{len(exclude)} exclusion lists for {scores.shape[0]} rows")
+    for i, items in enumerate(exclude):
+        if len(items):
+            scores[i, torch.as_tensor([int(x) for x in items], dtype=torch.long)] = float("-inf")
+    return scores
 
 
 def rank_of_target(

@@ -13,7 +13,7 @@ Protocols (presets; every choice can be overridden):
     references cut to their first 20 tokenizer ids (POD/PeaPOD `exp_len`).
 * `rigorous`:
   - sequential `full`: rank of the target among all catalogue items by exact log-likelihood (the
-    exact top 20 by best-first search, so exact at every reported cut-off; history not masked);
+    exact top 20 by best-first search, so exact at every reported cut-off; history excluded);
   - top-n `score`: exact log-likelihood of the 1+99 candidates, sorted (ties count against the
     target);
   - explanation `greedy` decoding, references as they are.
@@ -29,9 +29,11 @@ Details that matter for comparability:
   validation_examples`): the bare template (template 0 for p5), the last `train.max_history` history
   items, and the top-n candidates (target + the user's fixed negatives) shuffled with
   `random.Random(user)`, so every evaluation of a run sees the same candidate order.
-* Neither the legacy nor the rigorous preset masks history items in the sequential task (the
-  published protocol does not); `mask_history=True` removes them from `full` and `constrained`
-  rankings (a target that repeats a history item then counts as a miss).
+* History (`tasks.sequential.history`): the rigorous preset removes the items a user already has
+  (`Dataset.seen_items`: training items, and the validation item on test) from the sequential
+  ranking, as the field does; the target itself is never removed, even when the user had it before.
+  The legacy preset ranks them like any other item, as the published P5/POD/PeaPOD scripts do.
+  `history=` overrides either; with free `beam` generation excluded items are dropped from the lists.
 * Invalid outputs (a generated text that names no catalogue item) count as misses and are reported
   per task (`invalid_output_rate`). `legacy_random_fill=True` replaces each by a uniformly random item,
   as the published scripts do; it is seeded, and changes nothing else.
@@ -58,6 +60,7 @@ import torch
 
 import peapod
 from peapod.evaluate.inference import EXPLANATION_DECODINGS, normalize_task
+from peapod.evaluate.metrics import HISTORY_RULES, check_history_mode
 from peapod.evaluate.tasks import (
     BEAM_SIZE,
     PROTOCOLS,
@@ -81,6 +84,7 @@ from peapod.evaluate.text_metrics import (
     sacrebleu_score,
 )
 from peapod.io import write_json_atomic
+from peapod.runtime import share_cpu
 
 __all__ = [
     "PROTOCOLS",
@@ -173,7 +177,7 @@ def evaluate_run(
     *,
     data: str | None = None,
     out: str | Path | None = None,
-    mask_history: bool = False,
+    history: str | None = None,
     truncate_references: int | None | object = _DEFAULT,
     device: str | torch.device | None = None,
     write: bool = True,
@@ -198,7 +202,8 @@ def evaluate_run(
         progress: tqdm bars (only when stderr is a terminal).
         data: dataset path for a model directory without a run config (or to override it).
         out: where to write; default `metrics.json` in the run directory (or model directory).
-        mask_history: remove history items from `full`/`constrained` sequential rankings.
+        history: "excluded" or "included": whether the sequential ranking leaves out the items the
+            user already has (never the target); default the protocol's (rigorous excluded, legacy included).
         truncate_references: legacy BLEU/ROUGE references cut to this many tokenizer ids (None: not
             cut); default 20 for the legacy protocol, None for rigorous.
         device: torch device (default CUDA when available).
@@ -210,6 +215,7 @@ def evaluate_run(
             default the model's.
     """
     t_start = time.perf_counter()
+    threads = share_cpu()
     task_list = _parse_tasks(tasks)
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -244,6 +250,7 @@ def evaluate_run(
     batch_size = int(batch_size or cfg_eval.get("batch_size") or 32)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    history = check_history_mode(history or preset["history"])
     if truncate_references is _DEFAULT:
         truncate_references = preset["truncate_references"]
     if truncate_references is not None and int(truncate_references) <= 0:
@@ -272,7 +279,6 @@ def evaluate_run(
         "users_evaluated": {},
         "wall_seconds": {},
         "legacy_random_fill": bool(legacy_random_fill),
-        "mask_history": bool(mask_history),
         "max_users": max_users,
         "batch_size": batch_size,
         "max_history": pred.max_history,
@@ -280,13 +286,14 @@ def evaluate_run(
         "peapod_version": peapod.__version__,
         "torch_version": torch.__version__,
         "device": str(pred.device),
+        "threads": threads,
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "tasks": {},
     }
     predictions: dict = {}
     for task in task_list:
         decoding = decodings[task]
-        output = evaluate_task(setup, task, decoding, split, max_users, batch_size, mask_history=mask_history, progress=progress)
+        output = evaluate_task(setup, task, decoding, split, max_users, batch_size, history=history, progress=progress)
         t_metrics = time.perf_counter()
         section: dict = {"decoding": decoding}
         if task == "explanation":
@@ -328,7 +335,8 @@ def evaluate_run(
                     f"step {pred.decoder_history} scores the items"
                 )
             if task == "sequential":
-                section["history_masked"] = bool(mask_history) and decoding in ("full", "constrained")
+                section["history"] = history
+                section["history_rule"] = HISTORY_RULES[history]
             section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (
                 "constrained beam that could not finish an allowed item" if decoding == "constrained" else "none possible"
             )

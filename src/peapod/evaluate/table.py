@@ -22,7 +22,7 @@ def format_table(result: dict) -> str:
     ]
     rows = [("task", "metric", "value")]
     for task, sec in result["tasks"].items():
-        head = f"{task} [{sec['decoding']}]"
+        head = f"{task} [{sec['decoding']}" + (f", history {sec['history']}]" if "history" in sec else "]")
         who = "records" if task == "explanation" else "users"
         info = f"{who} {sec['users']}, invalid {sec['invalid_output_rate'] * 100:.1f}%, {sec['wall_seconds']:.1f}s"
         rows.append((head, "", info))

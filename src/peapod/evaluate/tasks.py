@@ -25,6 +25,7 @@ from peapod.evaluate.inference import (
     resolve_model_dir,
 )
 from peapod.evaluate.metrics import (
+    PROTOCOL_HISTORY,
     metrics_from_ranked_lists,
     rank_of_target,
     ranking_metrics,
@@ -42,8 +43,10 @@ TOPN_KS, TOPN_NDCG_KS = (1, 5, 10), (5, 10)
 LEGACY_REFERENCE_TOKENS = 20  # POD/PeaPOD `exp_len`: references cut to their first 20 tokenizer ids
 
 PROTOCOLS: dict[str, dict] = {
-    "legacy": {"sequential": "beam", "topn": "beam", "explanation": "legacy", "truncate_references": LEGACY_REFERENCE_TOKENS},
-    "rigorous": {"sequential": "full", "topn": "score", "explanation": "greedy", "truncate_references": None},
+    "legacy": {"sequential": "beam", "topn": "beam", "explanation": "legacy", "truncate_references": LEGACY_REFERENCE_TOKENS,
+               "history": PROTOCOL_HISTORY["legacy"]},
+    "rigorous": {"sequential": "full", "topn": "score", "explanation": "greedy", "truncate_references": None,
+                 "history": PROTOCOL_HISTORY["rigorous"]},
 }
 
 
@@ -167,7 +170,7 @@ def evaluate_task(
     max_users: int | None,
     batch_size: int,
     *,
-    mask_history: bool = False,
+    history: str = "included",
     progress: bool = False,
 ) -> TaskOutput:
     """Run the model for one task on the first `max_users` users (explanation: records) of `split`."""
@@ -214,7 +217,7 @@ def evaluate_task(
             t_enc = time.perf_counter()
             enc = pred.encode([Request("sequential", h, u) for h, u in zip(histories, chunk)])
             out.encode_seconds += time.perf_counter() - t_enc
-            exclude = [list(h) for h in histories] if mask_history else None
+            exclude = [ds.seen_items(u, split) for u in chunk] if history == "excluded" else None
             if decoding == "beam":
                 res = pred.beam_items(enc, BEAM_SIZE, SEQ_LIST_LENGTH)
             elif decoding == "constrained":
@@ -227,6 +230,9 @@ def evaluate_task(
             else:
                 raise ValueError(f"unknown sequential decoding {decoding!r}; choose {', '.join(SEQ_DECODINGS)}")
             if res is not None:
+                if decoding == "beam" and exclude is not None:
+                    # free generation cannot be steered away from them, so they are dropped from its lists
+                    res.items = [[i for i in items if i not in set(ex)] for items, ex in zip(res.items, exclude)]
                 out.lists.extend(res.items)
                 out.invalid += res.invalid
                 out.outputs += res.total

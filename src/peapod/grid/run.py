@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from peapod.grid.spec import (
     plan_cells,
 )
 from peapod.io import write_json_atomic
+from peapod.rundir import ResumeError, RunLocked, clear_run_directory, run_lock
 
 
 def machine_info() -> dict:
@@ -71,8 +71,8 @@ def _training_protocol(spec: GridSpec, cell: Cell) -> str:
 
 def run_key(spec: GridSpec, cell: Cell) -> str:
     """The folder under `<out>/runs` a cell trains in: one per dataset, variant, item indexing and seed."""
-    if not cell.generative:
-        return cell.key
+    if not cell.generative:  # trained once for every protocol (only its evaluation differs)
+        return f"{cell.dataset}__{cell.variant}__seed{cell.seed}"
     return f"{cell.dataset}__{cell.variant}__{_training_protocol(spec, cell)}__seed{cell.seed}"
 
 
@@ -98,7 +98,7 @@ def _generative_overrides(spec: GridSpec, cell: Cell, tasks: list[str]) -> list[
 
 def _metric_sections(result: dict) -> dict:
     """The parts of an `evaluate_run` result a cell keeps: per task decoding, metrics, invalid rate, users."""
-    keep = ("decoding", "candidates", "beam_size", "users", "invalid_output_rate", "wall_seconds", "metrics", "sacrebleu_signature", "references_truncated_to_tokens")
+    keep = ("decoding", "history", "candidates", "beam_size", "users", "invalid_output_rate", "wall_seconds", "metrics", "sacrebleu_signature", "references_truncated_to_tokens")
     return {task: {k: sec[k] for k in keep if k in sec} for task, sec in result["tasks"].items()}
 
 
@@ -146,10 +146,12 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
         check_trained_run(run_dir, cfg.model_dump())
         summary = json.loads(summary_path.read_text())
     elif checkpoint_exists(run_dir / "checkpoint"):
-        summary = train(cfg, run_dir, resume=True, quiet=not progress)
+        try:
+            summary = train(cfg, run_dir, resume=True, quiet=not progress)
+        except ResumeError as e:
+            raise GridError(f"{e}; move {run_dir} away to retrain the cell") from None
     else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # cut off before its first checkpoint: nothing worth keeping
+        clear_run_directory(run_dir)  # cut off before its first checkpoint: nothing worth keeping
         summary = train(cfg, run_dir, quiet=not progress)
     metrics = evaluate_run(
         run_dir, tasks=tasks, protocol=cell.protocol, split=spec.eval.split, max_users=spec.eval.max_users,
@@ -164,7 +166,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
         "evaluation": {
             "protocol": metrics["protocol"], "indexing": metrics["indexing"], "split": metrics["split"],
             "seeds": metrics["seeds"], "max_users": metrics["max_users"], "legacy_random_fill": metrics["legacy_random_fill"],
-            "mask_history": metrics["mask_history"], "device": metrics["device"], "wall_seconds": metrics["wall_seconds"],
+            "history": metrics["tasks"].get("sequential", {}).get("history"), "device": metrics["device"], "wall_seconds": metrics["wall_seconds"],
         },
         "tasks": _metric_sections(metrics),
     }
@@ -190,7 +192,8 @@ def _run_retrieval(spec: GridSpec, cell: Cell, progress: bool) -> dict:
 
 
 def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
-    from peapod.baselines import PopularityModel, SASRecConfig, train_sasrec
+    from peapod.baselines import SASRecConfig
+    from peapod.baselines.run import evaluate_baseline, fit_baseline, load_sasrec, save_sasrec
     from peapod.data import load_dataset
     from peapod.data.negatives import ensure_negatives
     from peapod.train.config import load_config
@@ -201,44 +204,47 @@ def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> 
     ds = load_dataset(spec.datasets[cell.dataset])
     run_dir.mkdir(parents=True, exist_ok=True)
     # The same candidates the generative runs use: the dataset's own, else the same seeded draw.
-    negatives = ds.negatives if ds.negatives is not None else ensure_negatives(ds, run_dir / "negative_samples.txt", seed=cfg.data.negatives_seed)
-    t0 = time.perf_counter()
-    training: dict = {}
-    if cell.variant == "popularity":
-        model = PopularityModel().fit(ds)
+    if ds.negatives is not None:
+        negatives, source = ds.negatives, "the dataset's"
     else:
-        sas_cfg = SASRecConfig(**{**spec.sasrec, "seed": cell.seed})
-        model = train_sasrec(ds, sas_cfg, progress=progress)
-        training = {"config": vars(sas_cfg), "epochs_run": len(model.training_log), "best_epoch": model.best_epoch,
-                    "log": model.training_log}
-    training["train_seconds"] = round(time.perf_counter() - t0, 2)
-    users = spec.eval.max_users
-    t1 = time.perf_counter()
-    seq = model.evaluate_full(ds, spec.eval.split, max_users=users)
-    t2 = time.perf_counter()
-    topn = model.evaluate_candidates(ds, negatives, spec.eval.split, max_users=users)
-    t3 = time.perf_counter()
-    n = min(users or ds.n_users, ds.n_users)
+        negatives = ensure_negatives(ds, run_dir / "negative_samples.txt", seed=cfg.data.negatives_seed)
+        source = f"seeded sample, seed {cfg.data.negatives_seed}"
+    sasrec = SASRecConfig(**{**spec.sasrec, "seed": cell.seed}) if cell.variant == "sasrec" else None
+    saved = load_sasrec(run_dir / "sasrec", ds, sasrec) if sasrec is not None else None
+    if saved is not None:  # the other protocol's cell trained it
+        model, training = saved
+    else:
+        model, training = fit_baseline(cell.variant, ds, sasrec, progress=progress)
+        if sasrec is not None:
+            save_sasrec(model, ds, run_dir / "sasrec", training)
+    metrics = evaluate_baseline(
+        model, ds, negatives, name=cell.variant, negatives_source=source, protocol=cell.protocol, split=spec.eval.split,
+        max_users=spec.eval.max_users, seed=cell.seed, training=training, data_path=spec.datasets[cell.dataset],
+    )
+    write_json_atomic(run_dir / f"metrics-{cell.protocol}.json", metrics)
     return {
         "training": training,
-        "evaluation": {"protocol": "exact scores (no decoding; the same for legacy and rigorous)", "indexing": "none (item embeddings)",
-                       "split": spec.eval.split, "seeds": [cell.seed], "max_users": users},
-        "tasks": {
-            "sequential": {"decoding": "full ranking", "candidates": f"all {ds.n_items} items", "users": n, "invalid_output_rate": 0.0,
-                           "wall_seconds": round(t2 - t1, 3), "metrics": seq},
-            "topn": {"decoding": "score", "candidates": "1 + 99 fixed negatives", "users": n, "invalid_output_rate": 0.0,
-                     "wall_seconds": round(t3 - t2, 3), "metrics": topn},
-        },
+        "evaluation": {"protocol": cell.protocol, "indexing": metrics["indexing"], "split": spec.eval.split,
+                       "seeds": [cell.seed], "max_users": spec.eval.max_users,
+                       "history": metrics["tasks"]["sequential"]["history"]},
+        "tasks": _metric_sections(metrics),
     }
 
 
-def run_cell(spec: GridSpec, spec_path: str | Path, cell: Cell, out: Path, progress: bool = False) -> dict:
-    """Compute one cell and write `<out>/cells/<key>.json` (atomically); return its content."""
+def run_cell(spec: GridSpec, spec_path: str | Path, cell: Cell, out: Path, progress: bool = False, fresh: bool = False) -> dict:
+    """Compute one cell and write `<out>/cells/<key>.json` (atomically); return its content. The cell's
+    run directory is locked while it is computed; `fresh` first empties it (to recompute from scratch)."""
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     torch.manual_seed(cell.seed)
     run_dir = out / "runs" / run_key(spec, cell)
-    body = (_run_generative if cell.generative else _run_baseline)(spec, cell, run_dir, progress)
+    try:
+        with run_lock(run_dir):  # another grid process on an overlapping selection gets RunLocked here
+            if fresh:
+                clear_run_directory(run_dir)
+            body = (_run_generative if cell.generative else _run_baseline)(spec, cell, run_dir, progress)
+    except RunLocked as e:
+        raise GridError(f"cell {cell.key}: {e}") from None
     result = {
         "format": "peapod-grid-cell/1",
         "grid": spec.name,
@@ -286,10 +292,9 @@ def run_grid(
         if path.is_file() and not force:
             result, computed = json.loads(path.read_text()), False
         else:
-            if force and run_key(spec, cell) not in cleared:
-                cleared.add(run_key(spec, cell))
-                shutil.rmtree(out / "runs" / run_key(spec, cell), ignore_errors=True)
-            result, computed = run_cell(spec, spec_path, cell, out, progress), True
+            fresh = force and run_key(spec, cell) not in cleared
+            cleared.add(run_key(spec, cell))
+            result, computed = run_cell(spec, spec_path, cell, out, progress, fresh=fresh), True
         results.append(result)
         if on_cell is not None:
             on_cell(cell, result, computed)

@@ -185,7 +185,7 @@ def load_grid_spec(path: str | Path) -> GridSpec:
 class Cell:
     dataset: str
     variant: str
-    protocol: str  # "legacy" | "rigorous" | "any" (baselines: exact scores, no decoding)
+    protocol: str  # "legacy" | "rigorous" | "any" (retrieval, and baseline cells written before the history rule)
     seed: int
 
     @property
@@ -221,12 +221,11 @@ def plan_cells(
     cells: list[Cell] = []
     for d in ds_list:
         for v in var_list:
-            if v in ("popularity", "retrieval"):
-                cells.append(Cell(d, v, "any", 0))  # deterministic: one cell
+            if v == "retrieval":
+                cells.append(Cell(d, v, "any", 0))  # deterministic, and no ranking: one cell
                 continue
-            if v in BASELINES:
-                pool = sorted({s for p in prot_list for s in spec.seeds.get(p, [0])})
-                cells.extend(Cell(d, v, "any", s) for s in pool if seeds is None or s in seeds)
+            if v == "popularity":  # deterministic; the protocol decides the history rule
+                cells.extend(Cell(d, v, p, 0) for p in prot_list)
                 continue
             for p in prot_list:
                 cells.extend(Cell(d, v, p, s) for s in spec.seeds.get(p, [0]) if seeds is None or s in seeds)

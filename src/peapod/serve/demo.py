@@ -67,10 +67,10 @@ def popularity_results(setup, max_users: int | None) -> dict:
     ds = setup.dataset
     model = PopularityModel().fit(ds)
     n = min(max_users or ds.n_users, ds.n_users)
-    seq = model.evaluate_full(ds, "test", max_users=max_users)
+    seq = model.evaluate_full(ds, "test", max_users=max_users, history="excluded")
     topn = model.evaluate_candidates(ds, setup.negatives, "test", max_users=max_users)
     return {"tasks": {
-        "sequential": {"decoding": "full", "users": n, "metrics": seq},
+        "sequential": {"decoding": "full", "history": "excluded", "users": n, "metrics": seq},
         "topn": {"decoding": "score", "users": n, "metrics": topn},
     }}
 

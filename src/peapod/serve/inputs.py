@@ -9,6 +9,10 @@ MAX_HISTORY = 200  #: most items an explicit history may hold
 MAX_CANDIDATES = 1000  #: most candidates one ranking request may hold
 
 
+class InvalidRequest(ValueError):
+    """A request the API refuses for what it asks (a bad value), as opposed to a fault of the server."""
+
+
 class UnknownUser(KeyError):
     """A user id the model was not trained on, asked for without a history."""
 
@@ -49,7 +53,8 @@ def check_each(n: int, check, return_exceptions: bool) -> tuple[list, list[int],
     """Run `check(j)` for every request j of a batch.
 
     Returns (results with a failed request's exception in its place, indices that passed, their checked
-    values). Without `return_exceptions` the first KeyError/ValueError is raised.
+    values). A ValueError of a check is the request's fault and becomes an `InvalidRequest`; without
+    `return_exceptions` the first KeyError/InvalidRequest is raised.
     """
     results: list = [None] * n
     ok: list[int] = []
@@ -58,8 +63,10 @@ def check_each(n: int, check, return_exceptions: bool) -> tuple[list, list[int],
         try:
             value = check(j)
         except (KeyError, ValueError) as e:
+            if isinstance(e, ValueError) and not isinstance(e, InvalidRequest):
+                e = InvalidRequest(str(e))
             if not return_exceptions:
-                raise
+                raise e from None
             results[j] = e
             continue
         ok.append(j)

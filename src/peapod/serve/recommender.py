@@ -60,6 +60,9 @@ __all__ = [
     "UnknownUser",
 ]
 
+EXPLAIN_CHUNK = 32  #: explanations generated per hold of the model lock
+
+
 @dataclass(frozen=True)
 class _Who:
     """A resolved user: raw id (or None), internal index (None: unseen), the items it is served with."""
@@ -282,17 +285,13 @@ class Recommender:
             return results
         item_ids = self.predictor.bundle.item_ids
         with self._lock:
-            p = self.predictor
             requests = [Request("sequential", w.history, w.index, profile=w.history) for w in whos]
             exclude = [w.history if excl[j] else () for j, w in zip(ok, whos)]
-            items, scores = p.top_k(requests, max(ks[j] for j in ok), exclude=exclude)
-            lists = [list(zip(it[: ks[j]], sc[: ks[j]])) for j, it, sc in zip(ok, items, scores)]
-            texts: dict[tuple[int, int], str] = {}
-            pairs = [(q, i) for q, (j, lst) in enumerate(zip(ok, lists)) if expl[j] for i, _ in lst]
-            if pairs:
-                exp_requests = [Request("explanation", (i,), whos[q].index, profile=whos[q].history) for q, i in pairs]
-                for pair, text in zip(pairs, p.explain(exp_requests, "serve")):
-                    texts[pair] = text
+            items, scores = self.predictor.top_k(requests, max(ks[j] for j in ok), exclude=exclude)
+        lists = [list(zip(it[: ks[j]], sc[: ks[j]])) for j, it, sc in zip(ok, items, scores)]
+        pairs = [(q, i) for q, (j, lst) in enumerate(zip(ok, lists)) if expl[j] for i, _ in lst]
+        exp_requests = [Request("explanation", (i,), whos[q].index, profile=whos[q].history) for q, i in pairs]
+        texts = dict(zip(pairs, self._explain(exp_requests)))
         for q, (j, lst) in enumerate(zip(ok, lists)):
             if expl[j]:
                 results[j] = [(item_ids[i], float(s), texts[(q, i)]) for i, s in lst]
@@ -354,6 +353,15 @@ class Recommender:
         return out
 
     # ---- explain ------------------------------------------------------------------------------
+    def _explain(self, requests: list[Request]) -> list[str]:
+        """Greedy explanations, `EXPLAIN_CHUNK` generations per hold of the model lock, so that a
+        request for many explanations lets other calls sharing this Recommender run in between."""
+        texts: list[str] = []
+        for start in range(0, len(requests), EXPLAIN_CHUNK):
+            with self._lock:
+                texts.extend(self.predictor.explain(requests[start : start + EXPLAIN_CHUNK], "serve"))
+        return texts
+
     def explain(self, user: str | None, item: str, *, history: Sequence[str] | None = None) -> str:
         """A generated explanation (greedy, no repeated bigram) of why `user` would like `item`.
 
@@ -383,8 +391,7 @@ class Recommender:
         results, ok, requests = check_each(n, check, return_exceptions)
         if not ok:
             return results
-        with self._lock:
-            texts = self.predictor.explain(requests, "serve")
+        texts = self._explain(requests)
         for j, t in zip(ok, texts):
             results[j] = t
         return results

@@ -4,6 +4,8 @@ A checkpoint directory is a full model directory (see `peapod.model.peapod.save_
   optimizer.safetensors   AdamW moment tensors
   rng.safetensors         torch (and CUDA) generator states
   trainer_state.json      epoch, batch position, step, best-so-far, optimizer groups, scheduler, python/numpy RNG
+  run.json                the resolved config and the dataset's identity (id lists, content hash) it was
+                          trained under, which a resume must match (`peapod.rundir.check_resume`)
 No pickle: nothing here is read with torch.load.
 """
 
@@ -71,15 +73,17 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_checkpoint(
-    directory: Path, bundle: ModelBundle, optimizer: torch.optim.Optimizer, scheduler, state: dict
+    directory: Path, bundle: ModelBundle, optimizer: torch.optim.Optimizer, scheduler, state: dict, run: dict
 ) -> None:
-    """Write a resumable checkpoint to `directory`, replacing the previous one in one rename."""
+    """Write a resumable checkpoint to `directory`, replacing the previous one in one rename. `run`:
+    {"config": the resolved config, "data": `data_identity(ds)`}."""
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
     rng_tensors, rng_meta = rng_state()
 
     def extra(tmp: Path) -> None:
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        write_json_atomic(tmp / "run.json", run)
         write_json_atomic(
             tmp / "trainer_state.json",
             {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta},

@@ -12,12 +12,14 @@ One function, `train(config, out_dir)`. Run directory layout:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -35,7 +37,8 @@ from peapod.data.negatives import ensure_negatives, write_negatives
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
-from peapod.runtime import subnormals_flushed
+from peapod.runtime import share_cpu, subnormals_flushed
+from peapod.rundir import LOCK_NAME, check_resume, data_identity, run_lock
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
 from peapod.train.id_batches import IdTrainingData
@@ -146,10 +149,23 @@ def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None 
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
-    """Train per `cfg` into `out_dir`; resume from `out_dir/checkpoint` when `resume`. Returns the summary."""
+    """Train per `cfg` into `out_dir`; resume from `out_dir/checkpoint` when `resume`. Returns the summary.
+
+    The run directory is locked for the whole run (`peapod.rundir`; under torchrun by rank 0): a
+    second writer gets `RunLocked`. A resume under another configuration (outside
+    `RESUMABLE_CHANGES`) or other data is refused with `ResumeError` before anything is written.
+    """
+    out_dir = Path(out_dir)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    created = not out_dir.exists()
+    main = os.environ.get("RANK", "0") == "0"
     try:
-        return _train(cfg, Path(out_dir), resume, quiet)
+        with run_lock(out_dir) if main else contextlib.nullcontext():
+            return _train(cfg, out_dir, resume, quiet)
+    except BaseException:
+        if main and created and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(out_dir, ignore_errors=True)  # refused before it wrote anything: leave no empty run
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)  # process-wide: leave it as found
 
@@ -157,6 +173,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     rank, world, device = _dist_setup(cfg.train.device)
     main = rank == 0
+    threads = share_cpu() if world == 1 else {"policy": "torchrun", "threads": torch.get_num_threads()}
     # Every RNG a checkpoint saves starts from the seed, so a fresh run is as reproducible as a resumed one.
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -165,17 +182,22 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         torch.use_deterministic_algorithms(True)
     # Read the data before creating anything, so that unreadable data leaves no half-made run directory.
     ds = load_dataset(cfg.data.path)
+    ckpt = out_dir / "checkpoint"
+    run_record = {"config": cfg.model_dump(), "data": data_identity(ds)}
+    resumed_changes = None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             tidy_run_directory(out_dir)  # what a killed run left half-written
+            if not (ckpt / "trainer_state.json").is_file():
+                raise FileNotFoundError(f"nothing to resume: {ckpt} has no checkpoint")
+            resumed_changes = check_resume(ckpt, run_record["config"], run_record["data"], out_dir / "config.json")
         write_json_atomic(out_dir / "config.json", cfg.model_dump())
     ds, negatives = prepare_data(cfg, out_dir, write=main, ds=ds)
     if world > 1:
         dist.barrier()
     explanations_train, explanations_val = split_explanations(ds, cfg.data.explanation_val_fraction, cfg.train.seed)
 
-    ckpt = out_dir / "checkpoint"
     if resume:
         if not (ckpt / "trainer_state.json").is_file():
             raise FileNotFoundError(f"nothing to resume: {ckpt} has no checkpoint")
@@ -242,11 +264,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
             log.write(json.dumps(event) + "\n")
             log.flush()
 
+    if resumed_changes is not None:
+        log_event({"event": "resume", "step": state["step"], "epoch": state["epoch"], "changed": resumed_changes})
     saved = {"step": state["step"] if resume else None}  # the step checkpoint/ holds
 
     def checkpoint() -> None:
         if main:
-            save_checkpoint(ckpt, bundle, optimizer, scheduler, state)
+            save_checkpoint(ckpt, bundle, optimizer, scheduler, state, run_record)
             log_event({"event": "checkpoint", "step": state["step"], "epoch": state["epoch"], "position": state["position"]})
         saved["step"] = state["step"]
         if world > 1:
@@ -351,6 +375,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         "history": state["history"],
         "world_size": world,
         "subnormals_flushed": subnormals_flushed(),  # peapod.runtime: set by the CLI before any tensor work
+        "threads": threads,
         "ranks_in_sync": len(set(digests)) == 1,
         "weights_sha256": digest,
         "wall_seconds": round(time.time() - t_start, 2),
