@@ -274,7 +274,7 @@ def test_metrics_file_has_every_protocol_field(run_dir, setup):
         assert set(seq_metrics) == {"HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"}
         assert set(written["tasks"]["topn"]["metrics"]) == {"HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"}
         exp = written["tasks"]["explanation"]
-        assert {"BLEU-1", "BLEU-4", "ROUGE-L-F", "SacreBLEU", "FHR"} <= set(exp["metrics"])
+        assert {"BLEU-1", "BLEU-4", "ROUGE-L-F", "SacreBLEU", "FHR", "FMR", "FCR", "DIV", "USR"} <= set(exp["metrics"])
         assert exp["sacrebleu_signature"].startswith("nrefs:1")
         if protocol == "legacy":
             assert written["beam_size"]["sequential"] == 20 and exp["references_truncated_to_tokens"] == 20

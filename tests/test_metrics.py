@@ -289,3 +289,32 @@ def test_feature_hit_rate() -> None:
 def test_rank_array_types() -> None:
     assert hit_rate_at(np.array([0, 3]), 1) == 0.5
     assert ndcg_at(torch.tensor([1]), 2) == pytest.approx(1 / math.log2(3), abs=TOL)
+
+
+def test_peter_feature_metrics_against_a_hand_computed_fixture() -> None:
+    from peapod.evaluate.text_metrics import explanation_metrics, feature_metrics, mentioned_features
+
+    vocabulary = ["sound", "strap", "price", "Sound Quality", "tuner", "sound", ""]  # 4 distinct features
+    hypotheses = [
+        "The sound quality is great",  # names: sound, sound quality
+        "great strap, good price",  # strap, price
+        "The sound quality is great",  # sound, sound quality (a repeat)
+        "nothing to say",  # none
+    ]
+    features = ["sound quality", "price", "tuner", "strap"]
+    assert mentioned_features(hypotheses[0], ["sound", "sound quality", "strap"]) == {"sound", "sound quality"}
+    m = feature_metrics(hypotheses, features, vocabulary)
+    # FMR: hypotheses 1 and 2 name their own feature -> 2/4
+    assert m["FMR"] == 0.5
+    # FCR: named {sound, sound quality, strap, price} of 5 distinct features {price, sound, sound quality, strap, tuner}
+    assert m["FCR"] == pytest.approx(4 / 5)
+    # DIV: pairs (1,2) 0, (1,3) 2, (1,4) 0, (2,3) 0, (2,4) 0, (3,4) 0 -> 2 / 6
+    assert m["DIV"] == pytest.approx(2 / 6)
+    # USR: 3 distinct sentences of 4
+    assert m["USR"] == pytest.approx(3 / 4)
+    assert feature_metrics([], [], vocabulary) == {"FMR": 0.0, "FCR": 0.0, "DIV": 0.0, "USR": 0.0}
+    with pytest.raises(ValueError):
+        feature_metrics(["a"], [], vocabulary)
+    full, signature = explanation_metrics(["the sound quality is great"] * 4, hypotheses, features, vocabulary)
+    assert {"FMR", "FCR", "DIV", "USR", "FHR", "SacreBLEU", "BLEU-4"} <= set(full) and full["FHR"] == full["FMR"]
+    assert signature.startswith("nrefs:1")

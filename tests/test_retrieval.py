@@ -68,7 +68,7 @@ def test_evaluate_retrieval_metrics_and_protocol():
     assert sec["records"] == 1 and sec["train_records"] == 6 and sec["sources"]["item"] == 1
     m = sec["metrics"]
     assert m["BLEU-4"] == pytest.approx(100.0) and m["ROUGE-1-F"] == pytest.approx(100.0, abs=1e-4)
-    assert m["SacreBLEU"] == pytest.approx(100.0) and m["FHR"] == 1.0 and "sacrebleu_signature" in sec
+    assert m["SacreBLEU"] == pytest.approx(100.0) and m["FHR"] == m["FMR"] == 1.0 and m["USR"] > 0 and "sacrebleu_signature" in sec
     # Without validation records a trained model holds out part of train; the baseline learns from the same rest.
     assert evaluate_retrieval(_dataset(with_val=False))["tasks"]["explanation"]["train_records"] == 5
     assert evaluate_retrieval(_dataset(), "val")["tasks"]["explanation"]["records"] == 1

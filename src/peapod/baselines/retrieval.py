@@ -151,12 +151,7 @@ def evaluate_retrieval(
     from tqdm.auto import tqdm
 
     import peapod
-    from peapod.evaluate.text_metrics import (
-        feature_hit_rate,
-        legacy_text_metrics,
-        rouge_score_f,
-        sacrebleu_score,
-    )
+    from peapod.evaluate.text_metrics import explanation_metrics
 
     t0 = time.perf_counter()
     train, records = explanation_records(ds, split)
@@ -174,13 +169,8 @@ def evaluate_retrieval(
         tok, tok_dir = _reference_tokenizer(reference_tokenizer)
         ids = tok(refs, add_special_tokens=True)["input_ids"]
         legacy_refs = [t.strip() for t in tok.batch_decode([x[:truncate_references] for x in ids], skip_special_tokens=True)]
-    metrics: dict = {}
-    signature = None
-    if refs:
-        metrics = dict(legacy_text_metrics(legacy_refs, hyps))
-        metrics["SacreBLEU"], signature = sacrebleu_score(refs, hyps)
-        metrics.update({f"rouge-score-{k}-F": v for k, v in rouge_score_f(refs, hyps).items()})
-        metrics["FHR"] = feature_hit_rate(hyps, [r.feature for r in records])
+    vocabulary = [e.feature for e in ds.explanations]
+    metrics, signature = explanation_metrics(refs, hyps, [r.feature for r in records], vocabulary, legacy_refs)
     wall = round(time.perf_counter() - t0, 3)
     invalid = sources["none"]
     section = {
@@ -212,7 +202,8 @@ def evaluate_retrieval(
             + (f"references cut to the reference tokenizer's first {truncate_references} ids as the legacy protocol does"
                if tok_dir is not None else "references whole (no reference tokenizer given)"),
             "rigorous": "SacreBLEU (default 13a tokenisation, exp smoothing) and rouge-score F on whole references; "
-            "FHR: the record's feature named in the output",
+            "FHR (= FMR): the record's feature named in the output; FCR, DIV, USR as PETER defines them "
+            "(peapod.evaluate.text_metrics.feature_metrics)",
         },
         "split": split,
         "seeds": [],

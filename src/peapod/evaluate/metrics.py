@@ -237,7 +237,11 @@ def metrics_from_ranked_lists(
     return ranking_metrics(ranks, ks=ks, ndcg_ks=ndcg_ks)
 
 
+FRACTION_TEXT_METRICS = ("FHR", "FMR", "FCR", "USR")
+
+
 def percent_scale(task: str, metric: str) -> float:
-    """Factor that shows a metric in percent: ranking metrics and the feature hit rate are
-    fractions (x100); BLEU and ROUGE are computed in percent already (x1)."""
-    return 100.0 if task != "explanation" or metric == "FHR" else 1.0
+    """Factor that shows a metric in percent: ranking metrics and the feature ratios (FHR, FMR, FCR,
+    USR) are fractions (x100); BLEU and ROUGE are computed in percent already, and DIV is a mean count
+    of shared features (x1)."""
+    return 100.0 if task != "explanation" or metric in FRACTION_TEXT_METRICS else 1.0

@@ -77,12 +77,7 @@ from peapod.evaluate.tasks import (
     ranking_task_metrics,
     topn_candidates,
 )
-from peapod.evaluate.text_metrics import (
-    feature_hit_rate,
-    legacy_text_metrics,
-    rouge_score_f,
-    sacrebleu_score,
-)
+from peapod.evaluate.text_metrics import explanation_metrics
 from peapod.io import write_json_atomic
 from peapod.runtime import share_cpu
 
@@ -100,18 +95,14 @@ _DEFAULT = object()
 
 def _explanation_metrics(setup: EvalSetup, out: TaskOutput, truncate_references: int | None) -> dict:
     refs = [r.text for r in out.records]
-    hyps = out.hypotheses
     legacy_refs = refs
     if truncate_references:
         tok = setup.predictor.tokenizer
         ids = tok(refs, add_special_tokens=True)["input_ids"]
         legacy_refs = [t.strip() for t in tok.batch_decode([x[:truncate_references] for x in ids], skip_special_tokens=True)]
-    metrics = dict(legacy_text_metrics(legacy_refs, hyps)) if refs else {}
-    if refs:
-        bleu, signature = sacrebleu_score(refs, hyps)
-        metrics["SacreBLEU"] = bleu
-        metrics.update({f"rouge-score-{k}-F": v for k, v in rouge_score_f(refs, hyps).items()})
-        metrics["FHR"] = feature_hit_rate(hyps, [r.feature for r in out.records])
+    vocabulary = [e.feature for e in setup.dataset.explanations]
+    metrics, signature = explanation_metrics(refs, out.hypotheses, [r.feature for r in out.records], vocabulary, legacy_refs)
+    if signature is not None:
         out.extra["sacrebleu_signature"] = signature
     return metrics
 

@@ -54,6 +54,7 @@ reference ids before decoding (``ids[:20]``), upstream of this module.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -66,8 +67,12 @@ __all__ = [
     "BleuStats",
     "bleu_score",
     "compute_legacy_bleu",
+    "explanation_metrics",
     "feature_hit_rate",
+    "feature_metrics",
     "legacy_text_metrics",
+    "mentioned_features",
+    "mentions",
     "rouge_score",
     "rouge_score_f",
     "sacrebleu_score",
@@ -378,12 +383,72 @@ def feature_hit_rate(hypotheses: Sequence[str], features: Sequence[str]) -> floa
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(features)} features")
     if not hypotheses:
         return 0.0
-    hits = 0
-    for text, feature in zip(hypotheses, features, strict=True):
-        feature = feature.strip()
-        if not feature:
-            continue
-        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in feature.split()) + r"(?!\w)"
-        if re.search(pattern, text, flags=re.IGNORECASE):
-            hits += 1
-    return hits / len(hypotheses)
+    return sum(1 for text, feature in zip(hypotheses, features, strict=True) if mentions(text, feature)) / len(hypotheses)
+
+
+@functools.lru_cache(maxsize=65536)
+def _feature_pattern(feature: str) -> re.Pattern | None:
+    words = feature.split()
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)", flags=re.IGNORECASE)
+
+
+def mentions(text: str, feature: str) -> bool:
+    """Whether `text` names `feature`: case-insensitive, on whole words, a multi-word feature as a phrase."""
+    pattern = _feature_pattern(feature.strip())
+    return pattern is not None and pattern.search(text) is not None
+
+
+def mentioned_features(text: str, vocabulary: Sequence[str]) -> frozenset[str]:
+    """The features of `vocabulary` (lower-cased) that `text` names (`mentions`)."""
+    words = set(re.findall(r"\w+", text.lower()))
+    return frozenset(f for f in vocabulary if f.split() and f.split()[0] in words and mentions(text, f))
+
+
+def feature_metrics(hypotheses: Sequence[str], features: Sequence[str], vocabulary: Sequence[str]) -> dict[str, float]:
+    """The explainability metrics of PETER (Li et al., ACL 2021) and PEPLER (TOIS 2023), on strings.
+
+    * FMR, feature matching ratio: the share of hypotheses that name their record's feature (= FHR).
+    * FCR, feature coverage ratio: distinct features named over all hypotheses / the number of features
+      in `vocabulary` (every feature of the dataset's explanation records).
+    * DIV, feature diversity: the mean, over all pairs of hypotheses, of the number of features both
+      name; lower is more diverse. Computed as sum over features of C(n_f, 2) / C(N, 2), which equals
+      the pairwise sum.
+    * USR, unique sentence ratio: distinct hypotheses (as whitespace-separated token sequences) / N.
+
+    A feature is named as in `mentions` (PETER compares single word tokens; for one-word features the two
+    agree, and a multi-word feature counts when its words appear as a phrase).
+    """
+    if len(hypotheses) != len(features):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(features)} features")
+    n = len(hypotheses)
+    if n == 0:
+        return {"FMR": 0.0, "FCR": 0.0, "DIV": 0.0, "USR": 0.0}
+    vocab = sorted({" ".join(f.lower().split()) for f in vocabulary if f.strip()})
+    named = [mentioned_features(h, vocab) for h in hypotheses]
+    counts = Counter(f for fs in named for f in fs)
+    pairs = n * (n - 1) / 2
+    return {
+        "FMR": feature_hit_rate(hypotheses, features),
+        "FCR": len(counts) / len(vocab) if vocab else 0.0,
+        "DIV": sum(c * (c - 1) / 2 for c in counts.values()) / pairs if pairs else 0.0,
+        "USR": len({tuple(h.split()) for h in hypotheses}) / n,
+    }
+
+
+def explanation_metrics(
+    references: Sequence[str], hypotheses: Sequence[str], features: Sequence[str], vocabulary: Sequence[str],
+    legacy_references: Sequence[str] | None = None,
+) -> tuple[dict[str, float], str | None]:
+    """Every explanation metric we report, and SacreBLEU's signature: legacy BLEU/ROUGE (against
+    `legacy_references`, e.g. cut to 20 tokens, default the references), SacreBLEU, rouge-score F, FHR
+    and PETER's FMR/FCR/DIV/USR."""
+    if not references:
+        return {}, None
+    metrics = dict(legacy_text_metrics(list(legacy_references if legacy_references is not None else references), hypotheses))
+    metrics["SacreBLEU"], signature = sacrebleu_score(references, hypotheses)
+    metrics.update({f"rouge-score-{k}-F": v for k, v in rouge_score_f(references, hypotheses).items()})
+    metrics["FHR"] = feature_hit_rate(hypotheses, features)
+    metrics.update(feature_metrics(hypotheses, features, vocabulary))
+    return metrics, signature

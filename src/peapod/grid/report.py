@@ -188,7 +188,8 @@ def grid_markdown(results: list[dict], spec: GridSpec | None = None, spec_path: 
                   f"{spec.description}".rstrip(), ""]
     lines += [f"Measured on {'; '.join(machines)}, {dates[0]} to {dates[-1]}, peapod {results[-1]['peapod_version']}. "
               "Ranking metrics in %, BLEU/ROUGE as computed (percent), FHR in %. Multi-seed rows: mean ± sample std. "
-              "Baselines score items exactly (no decoding), so one run serves both protocols.", ""]
+              "Baselines score items exactly (no decoding): one trained model serves both protocols, which differ for them only "
+              "in whether a user's own items are ranked (rigorous removes them, legacy keeps them).", ""]
     datasets = list(dict.fromkeys(r["cell"]["dataset"] for r in results))
     if spec is not None:  # the spec's order (Toys first), not the files' alphabetical one
         datasets.sort(key=lambda d: list(spec.datasets).index(d) if d in spec.datasets else len(spec.datasets))
