@@ -163,7 +163,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         with run_lock(out_dir) if main else contextlib.nullcontext():
             return _train(cfg, out_dir, resume, quiet)
     except BaseException:
-        if main and created and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
+        if main and created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {LOCK_NAME}:
             shutil.rmtree(out_dir, ignore_errors=True)  # refused before it wrote anything: leave no empty run
         raise
     finally:
