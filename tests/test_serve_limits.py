@@ -136,13 +136,22 @@ def test_a_full_queue_answers_503_with_retry_after():
     rec.gate.clear()
     answers: list = []
     with _client(rec, limits=ServeLimits(max_queue=1)) as client:
+        batcher = client.app.state.batchers["recommend"]
+
         def call():
             answers.append(client.post("/recommend", json={"user": "u"}).status_code)
 
-        threads = [threading.Thread(target=call) for _ in range(2)]  # one in the model, one queued
-        for t in threads:
-            t.start()
-            time.sleep(0.3)
+        def wait_for(condition):
+            deadline = time.monotonic() + 30
+            while not condition():
+                assert time.monotonic() < deadline, "the batcher never reached the expected state"
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        threads[0].start()
+        wait_for(lambda: batcher._in_flight)  # the first request is in the model
+        threads[1].start()
+        wait_for(lambda: batcher.queue.qsize() == 1)  # the second waits in the queue
         r = client.post("/recommend", json={"user": "u"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         rec.gate.set()

@@ -168,6 +168,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             first, self._carry = self._carry or await self.queue.get(), None
+            if first[1].done():  # its caller gave up while it was queued (cancelled, or past its deadline)
+                continue
             batch, cost = [first], self.cost(first[0])
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
@@ -181,12 +183,14 @@ class MicroBatcher:
                         item = await asyncio.wait_for(self.queue.get(), timeout)
                     except asyncio.TimeoutError:
                         break
+                if item[1].done():
+                    continue
                 if not self._next_batch_fits(batch, cost, item):
                     self._carry = item  # it opens the next batch
                     break
                 batch.append(item)
                 cost += self.cost(item[0])
-            # Callers that gave up (cancelled futures: a client disconnected, or a deadline passed) are not computed.
+            # Callers that gave up while the batch was gathered are not computed either.
             batch = [(r, f) for r, f in batch if not f.done()]
             if not batch:
                 continue
