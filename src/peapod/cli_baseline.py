@@ -38,9 +38,9 @@ def _sasrec_config(settings: list[str], seed: int):
 
 def _run(name: str, data: str, out: str, seed: int, settings: list[str], protocol: str, history: str | None,
          split: str, max_users: int | None, negatives_file: str | None, quiet: bool) -> None:
-    from peapod.baselines.run import evaluate_baseline, fit_baseline, save_sasrec
+    from peapod.baselines.run import baseline_negatives, evaluate_baseline, fit_baseline, save_sasrec
     from peapod.data import load_dataset
-    from peapod.data.negatives import ensure_negatives, read_negatives
+    from peapod.data.negatives import read_negatives
     from peapod.evaluate.metrics import HISTORY_MODES, PROTOCOL_HISTORY
     from peapod.evaluate.table import format_table
     from peapod.io import write_json_atomic
@@ -54,19 +54,14 @@ def _run(name: str, data: str, out: str, seed: int, settings: list[str], protoco
     if max_users is not None and max_users < 0:
         fail(f"--max-users must be >= 0; got {max_users}")
     sasrec = _sasrec_config(settings, seed) if name == "sasrec" else None
-    if name != "sasrec" and settings:
-        fail("--set applies to sasrec only")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out} is a file, not a directory")
     ds = load_dataset(data)
     if negatives_file is not None:
         negatives, source = read_negatives(ds, negatives_file), negatives_file
-    elif ds.negatives is not None:
-        negatives, source = ds.negatives, "the dataset's"
-    else:  # the draw a training run on this data writes with the default data.negatives_seed
-        negatives = ensure_negatives(ds, out_dir / "negative_samples.txt", seed=0)
-        source = f"seeded sample, seed 0 ({out_dir / 'negative_samples.txt'})"
+    else:
+        negatives, source = baseline_negatives(ds, out_dir)
     model, training = fit_baseline(name, ds, sasrec, progress=not quiet)
     if name == "sasrec":
         save_sasrec(model, ds, out_dir / "sasrec", training)

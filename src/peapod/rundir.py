@@ -107,10 +107,11 @@ def data_identity(ds: Dataset) -> dict:
     return {"users": list(ds.user_ids), "items": list(ds.item_ids), "sha256": h.hexdigest()}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"section.key": value}: the names `--set` and the resume check use."""
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -128,7 +129,7 @@ def check_resume(directory: Path, config: dict, data: dict, fallback_config: Pat
         record = {"config": json.loads(fallback_config.read_text()), "data": None}
     else:
         raise ResumeError(f"{directory} records no configuration to resume under")
-    old, new = _flat(record["config"]), _flat(config)
+    old, new = flat_config(record["config"]), flat_config(config)
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     refused = [k for k in differ if k not in RESUMABLE_CHANGES]
     if refused:
@@ -168,5 +169,6 @@ __all__ = [
     "check_resume",
     "clear_run_directory",
     "data_identity",
+    "flat_config",
     "run_lock",
 ]

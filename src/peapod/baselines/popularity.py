@@ -45,7 +45,7 @@ def full_ranking_metrics(
         users = range(ds.n_users if max_users is None else min(max_users, ds.n_users))
     # Users of similar history length share a batch (a batch is as wide as its longest history);
     # each user's rank does not depend on the batch, and the metrics are means.
-    users = sorted(users, key=lambda u: len(ds.history_and_target(u, split)[0]))
+    users = sorted(users, key=lambda u: len(ds.sequences[u]))  # a history's length follows its sequence's
     ranks = []
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]

@@ -22,6 +22,7 @@ import peapod
 from peapod.baselines.popularity import PopularityModel, RankingEvaluation
 from peapod.baselines.sasrec import SASRec, SASRecConfig, train_sasrec
 from peapod.data.dataset import Dataset
+from peapod.data.negatives import ensure_negatives
 from peapod.evaluate.metrics import HISTORY_RULES, PROTOCOL_HISTORY, check_history_mode
 from peapod.io import atomic_directory, write_json_atomic
 from peapod.runtime import share_cpu
@@ -50,6 +51,16 @@ def fit_baseline(name: str, ds: Dataset, sasrec: SASRecConfig | None = None, pro
         "threads": threads,
         "log": log,
     }
+
+
+def baseline_negatives(ds: Dataset, directory: Path, seed: int = 0) -> tuple[list[list[int]], str]:
+    """The top-n candidates a baseline is scored on, and where they came from: the same ones a generative
+    run on `ds` uses, i.e. the dataset's own, else the seeded draw cached in `directory/negative_samples.txt`
+    (`peapod train` draws with `data.negatives_seed`, 0 by default)."""
+    if ds.negatives is not None:
+        return ds.negatives, "the dataset's"
+    path = Path(directory) / "negative_samples.txt"
+    return ensure_negatives(ds, path, seed=seed), f"seeded sample, seed {seed} ({path})"
 
 
 def evaluate_baseline(
@@ -140,4 +151,4 @@ def load_sasrec(directory: str | Path, ds: Dataset, config: SASRecConfig) -> tup
     return model.eval(), meta["training"]
 
 
-__all__ = ["BASELINE_NAMES", "evaluate_baseline", "fit_baseline", "load_sasrec", "save_sasrec"]
+__all__ = ["BASELINE_NAMES", "baseline_negatives", "evaluate_baseline", "fit_baseline", "load_sasrec", "save_sasrec"]

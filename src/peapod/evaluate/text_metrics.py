@@ -400,10 +400,22 @@ def mentions(text: str, feature: str) -> bool:
     return pattern is not None and pattern.search(text) is not None
 
 
+def _by_first_word(vocabulary: Sequence[str]) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for f in vocabulary:
+        if f.split():
+            index.setdefault(f.split()[0], []).append(f)
+    return index
+
+
+def _named(text: str, by_first_word: dict[str, list[str]]) -> frozenset[str]:
+    words = set(re.findall(r"\w+", text.lower()))
+    return frozenset(f for w in words for f in by_first_word.get(w, ()) if mentions(text, f))
+
+
 def mentioned_features(text: str, vocabulary: Sequence[str]) -> frozenset[str]:
     """The features of `vocabulary` (lower-cased) that `text` names (`mentions`)."""
-    words = set(re.findall(r"\w+", text.lower()))
-    return frozenset(f for f in vocabulary if f.split() and f.split()[0] in words and mentions(text, f))
+    return _named(text, _by_first_word(vocabulary))
 
 
 def feature_metrics(hypotheses: Sequence[str], features: Sequence[str], vocabulary: Sequence[str]) -> dict[str, float]:
@@ -426,7 +438,8 @@ def feature_metrics(hypotheses: Sequence[str], features: Sequence[str], vocabula
     if n == 0:
         return {"FMR": 0.0, "FCR": 0.0, "DIV": 0.0, "USR": 0.0}
     vocab = sorted({" ".join(f.lower().split()) for f in vocabulary if f.strip()})
-    named = [mentioned_features(h, vocab) for h in hypotheses]
+    by_first_word = _by_first_word(vocab)  # each hypothesis checks only the features its words can start
+    named = [_named(h, by_first_word) for h in hypotheses]
     counts = Counter(f for fs in named for f in fs)
     pairs = n * (n - 1) / 2
     return {

@@ -25,7 +25,7 @@ from peapod.grid.spec import (
     plan_cells,
 )
 from peapod.io import write_json_atomic
-from peapod.rundir import ResumeError, RunLocked, clear_run_directory, run_lock
+from peapod.rundir import ResumeError, RunLocked, clear_run_directory, flat_config, run_lock
 
 
 def machine_info() -> dict:
@@ -106,13 +106,6 @@ def _metric_sections(result: dict) -> dict:
 _READ_ONLY = {"model.decoder_history"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_trained_run(run_dir: Path, config: dict) -> None:
     """Refuse to evaluate a finished run trained under another configuration than the cell's: a grid
     whose recipe changed must not report the old runs as the new recipe's rows."""
@@ -121,10 +114,10 @@ def check_trained_run(run_dir: Path, config: dict) -> None:
         raise GridError(f"{run_dir} has a summary.json but no config.json; move it away to retrain the cell")
     from peapod.train.config import RunConfig
 
-    trained, wanted = _flat(json.loads(path.read_text())), _flat(config)
+    trained, wanted = flat_config(json.loads(path.read_text())), flat_config(config)
     # A key the run's config lacks is a switch added since, whose default keeps the old behaviour:
     # the run was trained as under that default.
-    defaults = _flat(RunConfig().model_dump())
+    defaults = flat_config(RunConfig().model_dump())
     trained = {**{k: v for k, v in defaults.items() if k in wanted}, **trained}
     differ = sorted(k for k in set(trained) & set(wanted) if not k.startswith("eval.") and k not in _READ_ONLY and trained[k] != wanted[k])
     if differ:
@@ -193,9 +186,8 @@ def _run_retrieval(spec: GridSpec, cell: Cell, progress: bool) -> dict:
 
 def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
     from peapod.baselines import SASRecConfig
-    from peapod.baselines.run import evaluate_baseline, fit_baseline, load_sasrec, save_sasrec
+    from peapod.baselines.run import baseline_negatives, evaluate_baseline, fit_baseline, load_sasrec, save_sasrec
     from peapod.data import load_dataset
-    from peapod.data.negatives import ensure_negatives
     from peapod.train.config import load_config
 
     if cell.variant == "retrieval":
@@ -203,12 +195,7 @@ def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> 
     cfg = load_config(spec.config, [f"data.path={spec.datasets[cell.dataset]}"])
     ds = load_dataset(spec.datasets[cell.dataset])
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The same candidates the generative runs use: the dataset's own, else the same seeded draw.
-    if ds.negatives is not None:
-        negatives, source = ds.negatives, "the dataset's"
-    else:
-        negatives = ensure_negatives(ds, run_dir / "negative_samples.txt", seed=cfg.data.negatives_seed)
-        source = f"seeded sample, seed {cfg.data.negatives_seed}"
+    negatives, source = baseline_negatives(ds, run_dir, seed=cfg.data.negatives_seed)
     sasrec = SASRecConfig(**{**spec.sasrec, "seed": cell.seed}) if cell.variant == "sasrec" else None
     saved = load_sasrec(run_dir / "sasrec", ds, sasrec) if sasrec is not None else None
     if saved is not None:  # the other protocol's cell trained it
