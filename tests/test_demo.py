@@ -61,6 +61,14 @@ def test_out_dir_must_be_empty_unless_forced(tmp_path):
     assert CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "file")]).exit_code == 2
 
 
+def first_test_explanation() -> tuple[str, str, str]:
+    from peapod.data import load_dataset
+
+    ds = load_dataset("demo")
+    r = ds.explanations_for("test")[0]
+    return ds.user_ids[r.user], ds.item_ids[r.item], r.text
+
+
 def test_demo_quick_end_to_end(tmp_path):
     import matplotlib.image
 
@@ -82,8 +90,18 @@ def test_demo_quick_end_to_end(tmp_path):
         assert metrics["protocol"] == protocol and set(metrics["tasks"]) == {"sequential", "topn", "explanation"}
     example = json.loads((out / "example.json").read_text())
     assert len(example["items"]) == 10 and isinstance(example["explanation"], str)
+    # one test record's three sentences, printed one under another, in example.json and in the report
+    sentences = example["sentences"]
+    first = first_test_explanation()
+    assert (sentences["user"], sentences["item"], sentences["real"]) == first
+    assert sentences["retrieved"] and sentences["retrieved"] != sentences["real"]
+    lines = text.splitlines()
+    at = [i for i, line in enumerate(lines) if line.strip().startswith(("generated:", "retrieved:", "real:"))]
+    assert len(at) == 3 and at == list(range(at[0], at[0] + 3))
+    assert lines[at[2]].split("real:", 1)[1].strip() == sentences["real"]
 
     report = (out / "report.md").read_text()
+    assert f"- real: *{sentences['real']}*" in report and f"- retrieved: *{sentences['retrieved']}*" in report
     assert "![training curves](training_curves.png)" in report and "![metrics by task](metrics.png)" in report
     assert "| task | metric | legacy | rigorous | popularity |" in report
     assert "popularity" in text.split("top-10 for user")[0]  # a column of the printed table

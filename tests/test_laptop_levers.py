@@ -22,7 +22,7 @@ from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, sourc
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
 from peapod.train.validation import scored_item_ndcg, scored_step
-from peapod.train.samplers import split_explanations
+from peapod.data.explanations import split_explanations
 from peapod.train.token_tables import TokenTables, sentence_labels
 from peapod.train.trainer import train
 

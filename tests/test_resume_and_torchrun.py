@@ -26,10 +26,8 @@ from train_runs import TASKS, TINY, cli_env, free_port, leftovers, log_events, m
 from peapod.data import build_item_index, load_dataset
 from peapod.model.peapod import load_bundle
 from peapod.train.config import load_config
-from peapod.train.samplers import (
-    epoch_batches,
-    split_explanations,
-)
+from peapod.data.explanations import split_explanations
+from peapod.train.samplers import epoch_batches
 from peapod.train.trainer import train, weights_digest
 
 

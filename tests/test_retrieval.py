@@ -48,6 +48,31 @@ def test_retrieval_rule(model, user, item, expected):
     assert model.explain(user, item) == expected
 
 
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        # user 0 on item 0: the item's other sentence (record 1); the profile keeps only user 0's record 2
+        (0, ("the strap is long", "item")),
+        # user 2 on item 2: the item has no other sentence -> user 2's other sentence
+        (3, ("quick setup", "user")),
+        # user 1 on item 5: the item's other sentence, scored against user 1's other record (ties: the earlier)
+        (4, ("quick setup", "item")),
+    ],
+)
+def test_leave_one_out_never_sees_the_record_itself(model, record, expected):
+    assert model.explain(TRAIN[record].user, TRAIN[record].item, exclude=record) == expected
+
+
+def test_leave_one_out_answers_every_training_record_without_its_own_sentence(model):
+    contexts = model.leave_one_out()
+    assert len(contexts) == len(TRAIN)
+    assert contexts == [model.explain(r.user, r.item, exclude=k)[0] for k, r in enumerate(TRAIN)]
+    # record 3's sentence also exists as record 1: leaving record 3 out must not leave its twin out
+    assert all(c != r.text or sum(t.text == r.text for t in TRAIN) > 1 for c, r in zip(contexts, TRAIN))
+    alone = ExplanationRetrieval().fit(TRAIN[:1])
+    assert alone.leave_one_out() == [""]
+
+
 def test_no_training_sentences_is_an_invalid_output():
     assert ExplanationRetrieval().fit([]).explain(0, 0) == ("", "none")
 

@@ -116,3 +116,17 @@ def test_resume_refuses_other_data(stopped_run, tmp_path, mini):
     ds.sequences[0] = list(reversed(ds.sequences[0]))
     with pytest.raises(ResumeError, match="content"):
         check_resume(stopped_run / "checkpoint", record["config"], data_identity(ds))
+
+
+def test_a_key_newer_than_the_checkpoint_compares_as_its_default(tmp_path):
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    old = {"model": {"dropout": 0.1}, "train": {"epochs": 1}}
+    (ckpt / "run.json").write_text(json.dumps({"config": old, "data": None}))
+    new = {"model": {"dropout": 0.1, "explanation_context": "none"}, "train": {"epochs": 2}}
+    defaults = {"model": {"dropout": 0.3, "explanation_context": "none"}, "train": {"epochs": 5}}
+    assert check_resume(ckpt, new, {}, defaults=defaults) == {"train.epochs": [1, 2]}
+    with pytest.raises(ResumeError, match="model.explanation_context"):  # a new key set away from its default
+        check_resume(ckpt, {**new, "model": {"dropout": 0.1, "explanation_context": "retrieved"}}, {}, defaults=defaults)
+    with pytest.raises(ResumeError, match="model.explanation_context"):  # without defaults, missing is missing
+        check_resume(ckpt, new, {})

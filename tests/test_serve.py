@@ -106,6 +106,8 @@ def test_explain(rec):
     user = user_with_history(rec)
     text = rec.explain(user, rec.dataset.item_ids[0])
     assert isinstance(text, str) and text.strip()
+    words = text.split()  # served decoding repeats no bigram: no word comes three times in a row
+    assert not any(a == b == c for a, b, c in zip(words, words[1:], words[2:]))
     assert isinstance(rec.explain(None, rec.dataset.item_ids[0], history=rec.dataset.item_ids[1:4]), str)
 
 

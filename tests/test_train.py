@@ -25,12 +25,12 @@ from peapod.data import build_item_index, load_dataset
 from peapod.data.indexing import user_text
 from peapod.model.peapod import load_bundle
 from peapod.model.text import GENERIC_USER
+from peapod.data.explanations import split_explanations
 from peapod.train.config import load_config
 from peapod.train.samplers import (
     epoch_batches,
     sample_negatives_for,
     sequential_train,
-    split_explanations,
     topn_train,
     validation_examples,
 )

@@ -14,7 +14,8 @@ from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData
-from peapod.train.samplers import split_explanations, validation_examples
+from peapod.data.explanations import split_explanations
+from peapod.train.samplers import validation_examples
 from peapod.train.trainer import train
 
 LAPTOP = Path(__file__).resolve().parents[1] / "configs" / "laptop.yaml"
@@ -77,9 +78,9 @@ def test_the_trainer_selects_on_the_configured_users(demo, tmp_path, monkeypatch
     seen = []
     original = trainer_module.IdTrainingData.validation
 
-    def spy(self, negatives, explanations_val, max_users, users_sample="first"):
+    def spy(self, negatives, explanations_val, max_users, users_sample="first", contexts_val=None):
         seen.append((max_users, users_sample))
-        return original(self, negatives, explanations_val, max_users, users_sample)
+        return original(self, negatives, explanations_val, max_users, users_sample, contexts_val)
 
     monkeypatch.setattr(trainer_module.IdTrainingData, "validation", spy)
     train(load_config(LAPTOP, [*SMALL, "train.val_users=random"]), tmp_path / "run", quiet=True)

@@ -201,7 +201,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Write `training_curves.png`, `metrics.png` and `report.md` into `run_dir`; return their paths.
 
-    `example`: {"user", "history" (item ids), "items" [(item, score)], "explanation", "explained_item"}.
+    `example`: {"user", "history" (item ids), "items" [(item, score)], "explanation", "explained_item"}, and
+    optionally "sentences": {"user", "item", then named sentences (generated, retrieved, real)}.
     """
     run_dir = Path(run_dir)
     curves = plot_training(run_dir, run_dir / "training_curves.png")
@@ -267,6 +268,11 @@ def write_report(
         md += ["| # | item | log-likelihood |", "|---:|---|---:|"]
         md += [f"| {i + 1} | {item} | {score:.4f} |" for i, (item, score) in enumerate(example["items"])]
         md += ["", f"Explanation for item {example['explained_item']}: *{example['explanation']}*", ""]
+        sentences = example.get("sentences")
+        if sentences:
+            md += [f"User {sentences['user']} on item {sentences['item']} (the first test explanation):", ""]
+            md += [f"- {kind}: *{text}*" for kind, text in sentences.items() if kind not in ("user", "item")]
+            md += [""]
     md += [
         "## Files",
         "",

@@ -1,22 +1,9 @@
 """Explanation retrieval baseline: answer with a training sentence, so explanation BLEU/ROUGE have a floor.
 
-Rule (deterministic). Sentences are TF-IDF vectors over lowercase ``[a-z0-9]+`` tokens of the training
-explanations (raw term counts times the smoothed idf ``ln((1 + N) / (1 + df)) + 1``, L2-normalised). A user's
-*profile* is the sum of the vectors of the user's training explanations, an item's profile the same over the
-item's. For a (user, item) pair:
-
-1. the item's training explanations, scored by cosine similarity to the user's profile (the item's sentence
-   closest to how this user writes); a user without training explanations scores them against the item's own
-   profile (the item's most typical sentence);
-2. if the item has none: the user's training explanations, scored against the user's profile;
-3. if neither has any (a user and an item unseen in training): the training explanation closest to the profile
-   of all training explanations, the same for every such pair.
-
-With no training explanations at all the output is the empty string (counted as an invalid output).
-
-The highest score wins; ties (scores equal to 9 decimals) go to the earlier training record. Training records are those a trained model
-learns from (`peapod.train.samplers.split_explanations` with the trainer's defaults); the evaluated records are
-the dataset's `test` explanations, or for `val` the same held-out part the evaluation runner uses.
+The rule is `peapod.data.retrieval.ExplanationRetrieval`'s; an empty answer (no training explanations at
+all) counts as an invalid output. Training records are those a trained model learns from
+(`peapod.data.explanations.split_explanations` with the trainer's defaults); the evaluated records are the
+dataset's `test` explanations, or for `val` the same held-out part the evaluation runner uses.
 
 `evaluate_retrieval` scores the retrieved sentences with the runner's explanation metrics: legacy BLEU-1/4 and
 ROUGE (PETER/P5/POD), SacreBLEU with its signature, rouge-score F and the feature hit rate, and records the
@@ -27,94 +14,18 @@ when a reference tokenizer (a run's) is given; otherwise they are whole.
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import re
 import time
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 from peapod.data.dataset import Dataset, Explanation
+from peapod.data.retrieval import ExplanationRetrieval
 
-_TOKEN = re.compile(r"[a-z0-9]+")
 RULE = (
     "the item's training explanation with the highest TF-IDF cosine to the user's training explanations "
     "(fallbacks: the user's own training explanation closest to that profile, then the training explanation closest "
     "to all of them; ties: the earlier record)"
 )
-
-Vector = dict[str, float]
-
-
-def _terms(text: str) -> Counter[str]:
-    return Counter(_TOKEN.findall(text.lower()))
-
-
-def _dot(a: Vector, b: Vector) -> float:
-    if len(a) > len(b):
-        a, b = b, a
-    return sum(v * b.get(t, 0.0) for t, v in a.items())
-
-
-def _add(profile: Vector, v: Vector) -> None:
-    for t, x in v.items():
-        profile[t] = profile.get(t, 0.0) + x
-
-
-class ExplanationRetrieval:
-    """Fit on training explanation records; `explain(user, item)` returns (sentence, source)."""
-
-    def __init__(self) -> None:
-        self.records: list[Explanation] = []
-        self.vectors: list[Vector] = []
-        self.by_item: dict[int, list[int]] = {}
-        self.by_user: dict[int, list[int]] = {}
-        self.user_profile: dict[int, Vector] = {}
-        self.item_profile: dict[int, Vector] = {}
-        self.global_best: int | None = None
-
-    def fit(self, train: Sequence[Explanation]) -> ExplanationRetrieval:
-        self.records = list(train)
-        counts = [_terms(r.text) for r in self.records]
-        df: Counter[str] = Counter()
-        for c in counts:
-            df.update(c.keys())
-        n = len(counts)
-        idf = {t: math.log((1 + n) / (1 + d)) + 1.0 for t, d in df.items()}
-        self.vectors = []
-        for c in counts:
-            v = {t: x * idf[t] for t, x in c.items()}
-            norm = math.sqrt(sum(x * x for x in v.values()))
-            self.vectors.append({t: x / norm for t, x in v.items()} if norm else {})
-        self.by_item, self.by_user, self.user_profile, self.item_profile = {}, {}, {}, {}
-        for k, r in enumerate(self.records):
-            self.by_item.setdefault(r.item, []).append(k)
-            self.by_user.setdefault(r.user, []).append(k)
-            _add(self.user_profile.setdefault(r.user, {}), self.vectors[k])
-            _add(self.item_profile.setdefault(r.item, {}), self.vectors[k])
-        everyone: Vector = {}
-        for v in self.vectors:
-            _add(everyone, v)
-        self.global_best = self._best(list(range(len(self.records))), everyone) if self.records else None
-        return self
-
-    def _best(self, candidates: list[int], profile: Vector) -> int:
-        # max() keeps the first of equal scores (the earlier training record); scores are rounded so that
-        # float noise in equal similarities does not decide.
-        return max(candidates, key=lambda k: round(_dot(self.vectors[k], profile), 9))
-
-    def explain(self, user: int, item: int) -> tuple[str, str]:
-        """(retrieved sentence, "item" | "user" | "global" | "none")."""
-        profile = self.user_profile.get(user)
-        if item in self.by_item:
-            k = self._best(self.by_item[item], profile if profile is not None else self.item_profile[item])
-            return self.records[k].text, "item"
-        if user in self.by_user:
-            return self.records[self._best(self.by_user[user], profile)].text, "user"
-        if self.global_best is not None:
-            return self.records[self.global_best].text, "global"
-        return "", "none"
-
 
 def _reference_tokenizer(path: str | Path):
     """A run's tokenizer: RUN/best/tokenizer, MODEL/tokenizer or the directory itself."""
@@ -129,7 +40,7 @@ def _reference_tokenizer(path: str | Path):
 
 def explanation_records(ds: Dataset, split: str, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[Explanation], list[Explanation]]:
     """(training records, evaluated records) as a trained model and the evaluation runner see them."""
-    from peapod.train.samplers import split_explanations
+    from peapod.data.explanations import split_explanations
 
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")

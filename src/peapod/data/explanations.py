@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peapod.data.dataset import SPLITS, DataError, Explanation
+from peapod.data.dataset import SPLITS, DataError, Dataset, Explanation
 from peapod.data.parsing import iter_json_records, iter_jsonl
 
 # Share of the explanation records (beyond each user's and item's first) that go to train / val; rest is test.
@@ -153,3 +153,24 @@ def resolve_explanations(
         items.append(i)
     splits = assign_explanation_splits(users, items, seed, [r.split for r in records])
     return [Explanation(u, i, r.text, r.feature, s) for u, i, r, s in zip(users, items, records, splits)]
+
+
+def split_explanations(ds: Dataset, val_fraction: float, seed: int) -> tuple[list[Explanation], list[Explanation]]:
+    """(train, validation) explanation records. When the data has no validation records, a seeded
+    `val_fraction` of the training records is held out for validation and not trained on."""
+    train, val = ds.explanations_for("train"), ds.explanations_for("val")
+    if val or not train or val_fraction <= 0:
+        return train, val
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, int(round(len(train) * val_fraction)))
+    held = set(order[:n_val].tolist())
+    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
+
+
+def run_explanation_split(ds: Dataset, run_config: dict | None, part: int) -> list[Explanation]:
+    """`split_explanations` part 0 (train) or 1 (validation) as the run with saved config `run_config`
+    made it (its `data.explanation_val_fraction` and `train.seed`; the trainer's defaults without one)."""
+    cfg = run_config or {}
+    frac = float(cfg.get("data", {}).get("explanation_val_fraction", 0.1))
+    seed = int(cfg.get("train", {}).get("seed", 0))
+    return split_explanations(ds, frac, seed)[part]

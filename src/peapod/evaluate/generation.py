@@ -133,5 +133,6 @@ class GenerationMixin:
         for key, value in (("num_beams", num_beams), ("min_length", min_length), ("max_length", max_length)):
             if value is not None:
                 settings[key] = int(value)
-        seqs = self._generate(enc.hidden, enc.mask, num_return_sequences=1, **settings)
+        with self.model.copying(enc.hidden, enc.copy_source):
+            seqs = self._generate(enc.hidden, enc.mask, num_return_sequences=1, **settings)
         return [t.strip() for t in self.tokenizer.batch_decode(seqs.cpu(), skip_special_tokens=True)]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.generation import GenerationMixin
 from peapod.evaluate.metrics import mask_items
 from peapod.evaluate.request_inputs import RequestInputsMixin
@@ -100,6 +101,9 @@ class Predictor(RequestInputsMixin, GenerationMixin):
                 f"decoder_history {self.decoder_history} needs atomic items and a decoder trained on more items "
                 f"(model.item_targets {config.item_targets} > decoder_history)"
             )
+        # Fitted on the training explanations by whoever loads the data (evaluation, serving), for a model
+        # whose explanation inputs hold a retrieved sentence (`ModelConfig.explanation_context`).
+        self.retrieval: ExplanationRetrieval | None = None
         self._lock = threading.Lock()
         self._item_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self._trie: ItemTrie | None = None

@@ -65,11 +65,22 @@ class RequestInputsMixin:
         the first, or the one after the `decoder_items`."""
         return self.index.is_atomic and self.model.config.item_targets > 1
 
+    def explanation_context(self, request: Request) -> str | None:
+        """The retrieved sentence an explanation request's input holds (`ModelConfig.explanation_context`)."""
+        if request.task != "explanation" or self.model.config.explanation_context != "retrieved":
+            return None
+        if self.retrieval is None:
+            raise ValueError(
+                "this model's explanation inputs hold a retrieved training sentence: load it with its dataset "
+                "(peapod.evaluate.tasks.load_setup, Recommender.load), or set Predictor.retrieval"
+            )
+        return self.retrieval.explain(request.user, request.items[0])[0]
+
     def source_text(self, request: Request) -> str:
         """The encoder text of a request, in the evaluation form."""
         who = user_text(request.user) if request.user is not None else GENERIC_USER
         items = [self.index.item_text(i) for i in self.input_items(request)]
-        return source_text(request.task, self.template, who, items)
+        return source_text(request.task, self.template, who, items, self.explanation_context(request))
 
     def _who(self, requests: list[Request]) -> dict:
         """Prompt owners for `model.encode`: CF vectors and neighbours of every row."""
@@ -117,11 +128,9 @@ class RequestInputsMixin:
         if any(truncated):
             enc = encode_inputs(self.tokenizer, texts, self.max_input_length, words)
         task_ids = torch.tensor([TASK_IDS[r.task] for r in requests], dtype=torch.long, device=self.device)
-        out, mask = self.model.encode(
-            task_ids, enc.input_ids.to(self.device), enc.attention_mask.to(self.device),
-            enc.whole_word_ids.to(self.device), **self._who(requests),
-        )
-        return Encoded(requests, out.last_hidden_state, mask, [bool(t) for t in truncated])
+        inputs = (task_ids, enc.input_ids.to(self.device), enc.attention_mask.to(self.device), enc.whole_word_ids.to(self.device))
+        out, mask = self.model.encode(*inputs, **self._who(requests))
+        return Encoded(requests, out.last_hidden_state, mask, [bool(t) for t in truncated], self.model.copy_sources(*inputs))
 
     def _encoded(self, batch: Sequence[Request] | Encoded) -> Encoded:
         return batch if isinstance(batch, Encoded) else self.encode(batch)

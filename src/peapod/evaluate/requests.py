@@ -30,8 +30,9 @@ EXPLANATION_DECODINGS: dict[str, dict] = {
     "greedy": {"num_beams": 1, "max_length": 50},
     "beam": {"num_beams": 4, "max_length": 50},
     "legacy": {"num_beams": 7, "min_length": 10, "max_length": 50},
-    # For people rather than metrics: greedy, but no bigram may repeat (weak models loop on "the the ...").
-    "serve": {"num_beams": 1, "max_length": 50, "no_repeat_ngram_size": 2},
+    # For people rather than metrics: greedy, but no bigram may repeat (weak models loop on "the the ...",
+    # and a token cannot then come three times in a row) and no end before 8 tokens (a reader wants a sentence).
+    "serve": {"num_beams": 1, "min_length": 9, "max_length": 50, "no_repeat_ngram_size": 2},
 }
 
 
@@ -81,13 +82,15 @@ class Encoded:
     """Encoder output of a batch of requests.
 
     hidden: [B, S, d] encoder states; mask: [B, S] attention mask (soft prompts included);
-    truncated: per request, whether its text was cut at `max_input_length` tokens.
+    truncated: per request, whether its text was cut at `max_input_length` tokens;
+    copy_source: [B, S] the token each position offers a copying model's explanations (`PeaPOD.copy_sources`), or None.
     """
 
     requests: list[Request]
     hidden: torch.Tensor
     mask: torch.Tensor
     truncated: list[bool] = field(default_factory=list)
+    copy_source: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.requests)

@@ -16,7 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from peapod.data.dataset import Dataset, Explanation
+from peapod.data.explanations import run_explanation_split
 from peapod.data.loaders import is_embedded, load_dataset
+from peapod.data.retrieval import ExplanationRetrieval
 from peapod.data.negatives import ensure_negatives, read_negatives
 from peapod.evaluate.inference import (
     Predictor,
@@ -71,12 +73,7 @@ class EvalSetup:
         """Explanation records of a split; `val` is the training run's held-out validation part."""
         if split not in self._explanations:
             if split == "val":
-                from peapod.train.samplers import split_explanations
-
-                cfg = self.run_config or {}
-                frac = float(cfg.get("data", {}).get("explanation_val_fraction", 0.1))
-                seed = int(cfg.get("train", {}).get("seed", 0))
-                self._explanations[split] = split_explanations(self.dataset, frac, seed)[1]
+                self._explanations[split] = run_explanation_split(self.dataset, self.run_config, 1)
             else:
                 self._explanations[split] = self.dataset.explanations_for(split)
         return self._explanations[split]
@@ -119,6 +116,8 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
         negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
     max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
     predictor = Predictor(bundle, device=device, max_history=max_history, decoder_history=decoder_history)
+    if bundle.model.config.explanation_context == "retrieved":
+        predictor.retrieval = ExplanationRetrieval().fit(run_explanation_split(ds, cfg, 0))
     return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
 
 

@@ -11,6 +11,7 @@ Variants (one config switch, one code path):
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,15 +26,17 @@ from peapod.data.indexing import ItemIndex, user_text
 from peapod.io import atomic_directory, write_json_atomic
 from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.model.composer import NeighborComposer, PoolComposer
+from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.dropout import DROPOUT_MASKS, use_chunked_dropout
 from peapod.model.item_head import init_item_embeddings, restricted_lm_output
-from peapod.model.text import TASKS, atomic_item_tokens, template_corpus, train_tokenizer
+from peapod.model.text import TASK_IDS, TASKS, atomic_item_tokens, template_corpus, train_tokenizer
 
 VARIANTS = ("p5", "pod", "peapod")
 COMPOSERS = ("neighbors", "pool")
 TOPN_INPUTS = ("candidates", "user")
 ITEM_INITS = ("random", "cf")
 HISTORY_ORDERS = ("oldest-first", "newest-first")
+EXPLANATION_CONTEXTS = ("none", "retrieved")
 
 # From-scratch backbone sizes. `t5-small` has T5-small's dimensions (60M parameters with its vocab).
 PRESETS: dict[str, dict] = {
@@ -82,6 +85,10 @@ class ModelConfig:
     # How dropout draws its masks: "bernoulli" (torch's) or "chunked" (the same dropout, about 3x
     # cheaper on a CPU; peapod.model.dropout). Changes the random stream, not the model's weights.
     dropout_masks: str = "bernoulli"
+    # What an explanation input holds after (user, item): nothing, or "retrieved": the training sentence
+    # about the item closest to how the user writes (peapod.data.retrieval), for the decoder to copy
+    # from and edit. A from-scratch decoder cannot learn a language in minutes; it can learn to edit.
+    explanation_context: str = "none"
     seed: int = 0
 
     def __post_init__(self):
@@ -95,6 +102,8 @@ class ModelConfig:
             raise ValueError(f"model.item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
         if self.history_order not in HISTORY_ORDERS:
             raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
+        if self.explanation_context not in EXPLANATION_CONTEXTS:
+            raise ValueError(f"model.explanation_context must be one of {EXPLANATION_CONTEXTS}, got {self.explanation_context!r}")
         if self.dropout_masks not in DROPOUT_MASKS:
             raise ValueError(f"model.dropout_masks must be one of {DROPOUT_MASKS}, got {self.dropout_masks!r}")
         if self.item_targets < 1:
@@ -159,6 +168,10 @@ class PeaPOD(nn.Module):
                 self.composer = NeighborComposer(config.cf_dim, d, config.user_prompt_length, config.n_heads)
             else:
                 self.composer = PoolComposer(config.cf_dim, d, config.user_prompt_length, config.pool_size)
+        if config.explanation_context == "retrieved":
+            self.copy_head = CopyHead(d)
+            self.t5.lm_head.register_forward_hook(self._copy_hook)
+        self._copy_context: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.dropout_masks == "chunked":
             use_chunked_dropout(self)
 
@@ -255,11 +268,54 @@ class PeaPOD(nn.Module):
 
         `label_space` [V'] (token ids, ascending), when given, restricts the softmax of the loss to those
         tokens (the item head over catalogue tokens); every label must be in it. Logits are then [B, T, V'].
+        Without it, explanation rows of a copying model (`copy_head`) score the copy mixture, and `logits`
+        are its log-probabilities.
         """
         encoder_out, mask = self.encode(task_ids, input_ids, attention_mask, whole_word_ids, users=users, **who)
         if label_space is None:
-            return self.t5(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, return_dict=True)
-        return restricted_lm_output(self.t5, encoder_out, mask, labels, label_space)
+            source = self.copy_sources(task_ids, input_ids, attention_mask, whole_word_ids)
+            with self.copying(encoder_out.last_hidden_state, source) as used:
+                out = self.t5(encoder_outputs=encoder_out, attention_mask=mask, labels=labels, return_dict=True)
+        else:
+            used = False
+            out = restricted_lm_output(self.t5, encoder_out, mask, labels, label_space)
+        if self.training and hasattr(self, "copy_head") and not used:
+            # Every parameter joins every step's graph, as DDP's gradient all-reduce needs.
+            out.loss = out.loss + 0.0 * sum(p.sum() for p in self.copy_head.parameters())
+        return out
+
+    # ---- copying (explanation_context: retrieved) -----------------------------------------------
+    def copy_sources(self, task_ids, input_ids, attention_mask, whole_word_ids) -> torch.Tensor | None:
+        """[B, S] the token each encoder position offers the copy head (`copy_sources`), or None
+        for a model without one."""
+        if not hasattr(self, "copy_head"):
+            return None
+        t5 = self.t5.config
+        return copy_sources(
+            input_ids, attention_mask, whole_word_ids, task_ids, TASK_IDS["explanation"],
+            (t5.pad_token_id, t5.eos_token_id), self.config.prompt_length,
+        )
+
+    @contextmanager
+    def copying(self, memory: torch.Tensor, source: torch.Tensor | None):
+        """Within the block, the LM head's output is the copy mixture over `memory` [B, S, d] and
+        `source` [B, S]; yields whether it is (some row offers something to copy)."""
+        active = source is not None and bool((source != NO_SOURCE).any())
+        self._copy_context = (memory, source) if active else None
+        try:
+            yield active
+        finally:
+            self._copy_context = None
+
+    def _copy_hook(self, module, inputs, output):
+        if self._copy_context is None:
+            return None
+        memory, source = self._copy_context
+        hidden = inputs[0]
+        beams = hidden.shape[0] // memory.shape[0]  # generate() repeats each row per beam, in order
+        if beams > 1:
+            memory, source = memory.repeat_interleave(beams, 0), source.repeat_interleave(beams, 0)
+        return self.copy_head(hidden, output, memory, source)
 
 
 # ---- construction, saving, loading --------------------------------------------------------------

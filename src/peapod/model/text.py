@@ -151,11 +151,12 @@ def eval_template(variant: str) -> int | None:
     return 0 if variant == "p5" else None
 
 
-def source_text(task: str, template: int | None, user: str, items: list[str]) -> str:
+def source_text(task: str, template: int | None, user: str, items: list[str], context: str | None = None) -> str:
     """The encoder text of one example.
 
     `items` is the history (sequential), the candidates (topn; or the history or nothing when the model
-    reads no candidates, see `ModelConfig.topn_input`) or the one item (explanation).
+    reads no candidates, see `ModelConfig.topn_input`) or the one item (explanation). `context`: an
+    explanation's retrieved sentence, written after the template (`ModelConfig.explanation_context`).
     """
     if task == "sequential":
         return fill_template(task, template, user=user, history=" ".join(items))
@@ -164,5 +165,6 @@ def source_text(task: str, template: int | None, user: str, items: list[str]) ->
             return user
         return fill_template(task, template, user=user, candidates=" ".join(items))
     if task == "explanation":
-        return fill_template(task, template, user=user, item=items[0])
+        text = fill_template(task, template, user=user, item=items[0])
+        return f"{text} {context}" if context else text
     raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")

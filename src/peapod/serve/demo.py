@@ -46,6 +46,25 @@ PROTOCOLS = ("legacy", "rigorous")
 EXAMPLE_K = 10
 
 
+SENTENCE_KINDS = ("generated", "retrieved", "real")
+
+
+def explanation_example(rec, run_config: dict | None) -> dict | None:
+    """The first test explanation record: the model's sentence, the retrieval baseline's, and the real one
+    (None when the data has no test explanations)."""
+    from peapod.data.explanations import run_explanation_split
+    from peapod.data.retrieval import ExplanationRetrieval
+
+    ds = rec.dataset
+    records = ds.explanations_for("test")
+    if not records:
+        return None
+    r = records[0]
+    user, item = ds.user_ids[r.user], ds.item_ids[r.item]
+    retrieval = ExplanationRetrieval().fit(run_explanation_split(ds, run_config, 0))
+    return {"user": user, "item": item, "generated": rec.explain(user, item), "retrieved": retrieval.explain(r.user, r.item)[0], "real": r.text}
+
+
 class DemoError(Exception):
     """The demo cannot run (e.g. the output directory is not empty)."""
 
@@ -159,12 +178,19 @@ def run_demo(
     history = rec.user_history(user)
     timings["example"] = time.perf_counter() - t
     example = {"user": user, "history": history, "items": items, "explained_item": items[0][0], "explanation": explanation}
+    example["sentences"] = explanation_example(rec, setup.run_config)
     (out / "example.json").write_text(json.dumps(example, indent=2) + "\n", encoding="utf-8")
     echo("")
     echo(f"top-{EXAMPLE_K} for user {user} ({len(history)} known items, last: {', '.join(history[-5:])}; history excluded):")
     for i, (item, score) in enumerate(items):
         echo(f"  {i + 1:>2}. item {item:<8} log-likelihood {score:.4f}")
     echo(f"why item {items[0][0]}: {explanation}")
+    sentences = example["sentences"]
+    if sentences:
+        echo("")
+        echo(f"user {sentences['user']} on item {sentences['item']} (the first test explanation):")
+        for key in SENTENCE_KINDS:
+            echo(f"  {key + ':':<10} {sentences[key]}")
 
     timings["total"] = time.perf_counter() - t_all  # the report itself takes a second or two more
     notes = [

@@ -36,7 +36,7 @@ from peapod.model.text import TASK_IDS
 from peapod.train.batch_order import batch_rows
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import sample_negatives_for
-from peapod.train.token_tables import TokenTables, sentence_labels
+from peapod.train.token_tables import TokenTables, context_tokens, sentence_labels
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,11 @@ class IdEpoch:
 class IdTrainingData:
     """Token tables, training sequences and sentence labels of one run, built once; epochs on demand."""
 
-    def __init__(self, ds: Dataset, index, tokenizer, explanations: list[Explanation], cfg, max_words: int, prompts: PrefixPrompts | None = None):
+    def __init__(
+        self, ds: Dataset, index, tokenizer, explanations: list[Explanation], cfg, max_words: int, prompts: PrefixPrompts | None = None,
+        contexts: list[str] | None = None,
+    ):
+        """`contexts`: per explanation record, the retrieved sentence its input holds (`model.explanation_context`)."""
         self.ds, self.cfg, self.max_words, self.prompts = ds, cfg, max_words, prompts
         self.tables = TokenTables.build(tokenizer, index, ds.n_users)
         self.seqs = TrainSequences.from_dataset(ds)
@@ -250,17 +254,25 @@ class IdTrainingData:
         self.explanations = explanations
         self.tokenizer = tokenizer
         self.sentences = sentence_labels(tokenizer, [e.text for e in explanations], cfg.train.max_target_length)
+        self.contexts = None if contexts is None else context_tokens(tokenizer, contexts, cfg.train.max_input_length)
         m = cfg.model.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
         self.item_space = torch.from_numpy(space) if cfg.train.item_softmax == "items" else None
         self._cached: tuple[int, IdEpoch] | None = None
 
-    def encode(self, rows: TaskRows, sentences: np.ndarray | None = None) -> EncodedRows:
+    def encode(self, rows: TaskRows, sentences: np.ndarray | None = None, contexts: tuple[np.ndarray, np.ndarray] | None = None) -> EncodedRows:
+        """Tensors of `rows`; an explanation row's labels and context are row `rows.sentences` of
+        `sentences` and `contexts` (default the training records')."""
         t = self.cfg.train
         inputs = rows.inputs
         if rows.task == "sequential" and self.cfg.model.history_order == "newest-first":
             inputs = newest_first(inputs)
-        ids, mask, words = self.tables.inputs(rows.text_users, inputs, t.max_input_length, self.max_words)
+        context = None
+        if rows.task == "explanation":
+            contexts = self.contexts if contexts is None else contexts
+            if contexts is not None:
+                context = (contexts[0][rows.sentences], contexts[1][rows.sentences])
+        ids, mask, words = self.tables.inputs(rows.text_users, inputs, t.max_input_length, self.max_words, context)
         if rows.task == "explanation":
             labels = (self.sentences if sentences is None else sentences)[rows.sentences]
             space = ranked = None
@@ -324,7 +336,8 @@ class IdTrainingData:
         return result
 
     def validation(
-        self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first"
+        self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first",
+        contexts_val: list[str] | None = None,
     ) -> dict[str, EncodedRows]:
         """Fixed validation tables per task for `validation_users(n_users, max_users, users_sample)`, in
         the evaluation input form: the last max_history training
@@ -359,7 +372,8 @@ class IdTrainingData:
             out["topn"] = self._validation_table("topn", users, inputs, stop - steps, stop, steps, val_items, j)
         if "explanation" in t.tasks and explanations_val:
             sentences = sentence_labels(self.tokenizer, [e.text for e in explanations_val], t.max_target_length)
-            out["explanation"] = self.encode(explanation_rows(explanations_val, None, 0.0, 0), sentences)
+            contexts = None if contexts_val is None else context_tokens(self.tokenizer, contexts_val, t.max_input_length)
+            out["explanation"] = self.encode(explanation_rows(explanations_val, None, 0.0, 0), sentences, contexts)
         return out
 
     def _validation_table(self, task, users, inputs, start, stop, steps, val_items, j) -> EncodedRows:

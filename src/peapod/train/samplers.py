@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import numpy as np
-
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.indexing import ItemIndex, user_text
 from peapod.model.text import GENERIC_USER, TEMPLATES, eval_template, source_text
@@ -80,27 +78,17 @@ def topn_train(ds: Dataset, index: ItemIndex, rng: random.Random, n_candidates: 
 
 
 def explanation_examples(
-    records: list[Explanation], index: ItemIndex, rng: random.Random | None, dropout: float, template: int | None
+    records: list[Explanation], index: ItemIndex, rng: random.Random | None, dropout: float, template: int | None,
+    contexts: list[str] | None = None,
 ) -> list[Example]:
-    """(user, item) -> sentence. With `rng`, each example gets a random template (training)."""
+    """(user, item[, context]) -> sentence. With `rng`, each example gets a random template (training)."""
     out = []
-    for e in records:
+    for k, e in enumerate(records):
         t = rng.randrange(len(TEMPLATES["explanation"])) if rng is not None else template
-        src = source_text("explanation", t, _user_str(e.user, rng, dropout), [index.item_text(e.item)])
+        context = contexts[k] if contexts is not None else None
+        src = source_text("explanation", t, _user_str(e.user, rng, dropout), [index.item_text(e.item)], context)
         out.append(Example("explanation", e.user, src, e.text))
     return out
-
-
-def split_explanations(ds: Dataset, val_fraction: float, seed: int) -> tuple[list[Explanation], list[Explanation]]:
-    """(train, validation) explanation records. When the data has no validation records, a seeded
-    `val_fraction` of the training records is held out for validation and not trained on."""
-    train, val = ds.explanations_for("train"), ds.explanations_for("val")
-    if val or not train or val_fraction <= 0:
-        return train, val
-    order = np.random.default_rng(seed).permutation(len(train))
-    n_val = max(1, int(round(len(train) * val_fraction)))
-    held = set(order[:n_val].tolist())
-    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
 
 
 def epoch_batches(
@@ -115,6 +103,7 @@ def epoch_batches(
     max_history: int,
     topn_candidates: int,
     user_dropout: float,
+    contexts: list[str] | None = None,
 ) -> list[list[Example]]:
     """All batches of one epoch, in order.
 
@@ -128,7 +117,7 @@ def epoch_batches(
     if "topn" in tasks:
         per_task["topn"] = topn_train(ds, index, rng, topn_candidates, user_dropout)
     if "explanation" in tasks and explanations:
-        per_task["explanation"] = explanation_examples(explanations, index, rng, user_dropout, None)
+        per_task["explanation"] = explanation_examples(explanations, index, rng, user_dropout, None, contexts)
     if schedule == "mixed":
         everything = [ex for exs in per_task.values() for ex in exs]
         rng.shuffle(everything)
@@ -154,6 +143,7 @@ def validation_examples(
     split: str = "val",
     topn_candidates: int | None = None,
     users_sample: str = "first",
+    contexts: list[str] | None = None,
 ) -> dict[str, list[Example]]:
     """Fixed validation examples per task for `validation_users(n_users, max_users, users_sample)`, in
     the evaluation input form, for validation losses.
@@ -172,5 +162,5 @@ def validation_examples(
         random.Random(u).shuffle(cands)
         src = source_text("topn", template, user_text(u), [index.item_text(i) for i in cands])
         out["topn"].append(Example("topn", u, src, index.item_text(target)))
-    out["explanation"] = explanation_examples(explanations_val, index, None, 0.0, template)
+    out["explanation"] = explanation_examples(explanations_val, index, None, 0.0, template, contexts)
     return {k: v for k, v in out.items() if v}

@@ -26,7 +26,7 @@ from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.batch_order import padded_tokens
 from peapod.train.config import RunConfig
-from peapod.train.samplers import split_explanations
+from peapod.data.explanations import split_explanations
 from peapod.train.trainer import id_training_data
 
 

@@ -62,14 +62,18 @@ class TokenTables:
         space = np.unique(np.concatenate([np.asarray(r, dtype=np.int64) for r in item_ids]))
         return cls(user_tokens, user_lengths, item_tokens, item_lengths, space, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
-    def inputs(self, text_users: np.ndarray, items: np.ndarray, max_length: int, max_words: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encoder rows `user item item ... </s>`.
+    def inputs(
+        self, text_users: np.ndarray, items: np.ndarray, max_length: int, max_words: int, context: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Encoder rows `user item item ... [context] </s>`.
 
         Args:
             text_users: [N] rows of the user table written in the input (generic_user for dropout).
             items: [N, H] internal item indices, left-aligned, -1 padded (H may be 0).
             max_length: longer rows keep their first max_length - 1 tokens and EOS (as `encode_inputs`).
             max_words: whole-word ids are capped at max_words - 1.
+            context: ([N, C] token ids, [N] lengths) written after the items (an explanation's retrieved
+                sentence, `context_tokens`); whole-word id 0, as any word outside an id span.
         Returns:
             input_ids, attention_mask, whole_word_ids: [N, T] int64, T the longest row.
         """
@@ -83,9 +87,15 @@ class TokenTables:
         i_valid = ((np.arange(li)[None, None, :] < self.item_lengths[safe][..., None]) & present[..., None]).reshape(n, h * li)
         # Whole words: the user span is 1, the j-th item j + 2 (items are left-aligned).
         i_word = np.broadcast_to(np.minimum(np.arange(h) + 2, max_words - 1)[None, :, None], (n, h, li)).reshape(n, h * li)
-        tokens = np.concatenate([u_tok, i_tok, np.full((n, 1), self.eos_id)], axis=1)
-        valid = np.concatenate([u_valid, i_valid, np.ones((n, 1), dtype=bool)], axis=1)
-        words = np.concatenate([np.where(u_valid, min(1, max_words - 1), 0), i_word, np.zeros((n, 1), dtype=np.int64)], axis=1)
+        c_tok, c_valid = np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=bool)
+        if context is not None:
+            c_tok, c_len = context
+            c_valid = np.arange(c_tok.shape[1])[None, :] < c_len[:, None]
+        tokens = np.concatenate([u_tok, i_tok, c_tok, np.full((n, 1), self.eos_id)], axis=1)
+        valid = np.concatenate([u_valid, i_valid, c_valid, np.ones((n, 1), dtype=bool)], axis=1)
+        words = np.concatenate(
+            [np.where(u_valid, min(1, max_words - 1), 0), i_word, np.zeros_like(c_tok), np.zeros((n, 1), dtype=np.int64)], axis=1
+        )
         tokens, valid, words = _compact(tokens, valid, words)
         lengths = valid.sum(1)
         cut = lengths > max_length
@@ -113,6 +123,15 @@ class TokenTables:
         tok, valid = _compact(tok, valid)
         width = max(1, int(valid.sum(1).max()))
         return np.where(valid, tok, -100)[:, :width]
+
+
+def context_tokens(tokenizer, sentences: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """([N, C] token ids without EOS, pad-padded; [N] lengths) of explanation contexts, each cut at
+    max_length tokens (the encoder budget cuts the row again)."""
+    if not sentences:
+        return np.zeros((0, 1), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ids = tokenizer(sentences, add_special_tokens=False, max_length=max_length, truncation=True)["input_ids"]
+    return _padded(ids, tokenizer.pad_token_id)
 
 
 def sentence_labels(tokenizer, sentences: list[str], max_length: int) -> np.ndarray:

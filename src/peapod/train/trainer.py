@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 
 from peapod.data import build_item_index
 from peapod.data.dataset import Dataset
+from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
+from peapod.data.retrieval import ExplanationRetrieval
 from peapod.data.negatives import ensure_negatives, write_negatives
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
@@ -43,7 +45,7 @@ from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_d
 from peapod.train.config import RunConfig
 from peapod.train.id_batches import IdTrainingData
 from peapod.train.prefix_prompts import PrefixPrompts
-from peapod.train.samplers import Example, epoch_batches, split_explanations, validation_examples
+from peapod.train.samplers import Example, epoch_batches, validation_examples
 from peapod.train.validation import all_reduce_sum, validation_losses
 
 
@@ -125,7 +127,7 @@ def _lr_lambda(warmup: int, total: int):
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, explanations) -> IdTrainingData:
+def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, explanations, contexts=None) -> IdTrainingData:
     """The epoch planner of `train.input_encoding: ids`, with prefix prompts when the recipe asks for them."""
     prompts = None
     if cfg.train.prompt_history == "prefix" and model.config.has_user_prompt:
@@ -133,7 +135,16 @@ def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, expla
             model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
             with_neighbors=model.config.composer == "neighbors",
         )
-    return IdTrainingData(ds, index, tokenizer, explanations, cfg, model.config.max_whole_words, prompts)
+    return IdTrainingData(ds, index, tokenizer, explanations, cfg, model.config.max_whole_words, prompts, contexts)
+
+
+def explanation_contexts(cfg: RunConfig, train: list, val: list) -> tuple[list[str] | None, list[str] | None]:
+    """(training, validation) records' retrieved sentences when explanation inputs hold one, else (None, None).
+    A training record's is retrieved without itself (`ExplanationRetrieval.leave_one_out`)."""
+    if cfg.model.explanation_context != "retrieved" or "explanation" not in cfg.train.tasks:
+        return None, None
+    retrieval = ExplanationRetrieval().fit(train)
+    return retrieval.leave_one_out(), [retrieval.explain(e.user, e.item)[0] for e in val]
 
 
 def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
@@ -191,12 +202,13 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
             tidy_run_directory(out_dir)  # what a killed run left half-written
             if not (ckpt / "trainer_state.json").is_file():
                 raise FileNotFoundError(f"nothing to resume: {ckpt} has no checkpoint")
-            resumed_changes = check_resume(ckpt, run_record["config"], run_record["data"], out_dir / "config.json")
+            resumed_changes = check_resume(ckpt, run_record["config"], run_record["data"], out_dir / "config.json", RunConfig().model_dump())
         write_json_atomic(out_dir / "config.json", cfg.model_dump())
     ds, negatives = prepare_data(cfg, out_dir, write=main, ds=ds)
     if world > 1:
         dist.barrier()
     explanations_train, explanations_val = split_explanations(ds, cfg.data.explanation_val_fraction, cfg.train.seed)
+    contexts_train, contexts_val = explanation_contexts(cfg, explanations_train, explanations_val)
 
     if resume:
         if not (ckpt / "trainer_state.json").is_file():
@@ -212,11 +224,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     max_words = model.config.max_whole_words
-    id_data = id_training_data(cfg, model, ds, index, tokenizer, explanations_train) if cfg.train.input_encoding == "ids" else None
+    id_data = id_training_data(cfg, model, ds, index, tokenizer, explanations_train, contexts_train) if cfg.train.input_encoding == "ids" else None
     plan_args = dict(
         ds=ds, index=index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
         batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,
-        topn_candidates=cfg.train.topn_candidates, user_dropout=cfg.train.user_dropout,
+        topn_candidates=cfg.train.topn_candidates, user_dropout=cfg.train.user_dropout, contexts=contexts_train,
     )
 
     def plan_epoch(epoch: int):
@@ -239,11 +251,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
 
     if id_data is not None:
-        val_examples = id_data.validation(negatives, explanations_val, cfg.train.val_max_users, cfg.train.val_users)
+        val_examples = id_data.validation(negatives, explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
     else:
         val_examples = validation_examples(
             ds, index, cfg.model.variant, explanations_val, negatives, cfg.train.max_history, cfg.train.val_max_users,
-            topn_candidates=cfg.train.topn_candidates, users_sample=cfg.train.val_users,
+            topn_candidates=cfg.train.topn_candidates, users_sample=cfg.train.val_users, contexts=contexts_val,
         )
     val_examples = {t: v for t, v in val_examples.items() if t in cfg.train.tasks}
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
