@@ -14,6 +14,7 @@ from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
 from peapod.model.dropout import ChunkedDropout
 from peapod.model.peapod import build_model
+from peapod.model.text import TASK_IDS
 from peapod.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +82,36 @@ def test_a_model_with_chunked_masks_has_torchs_weights_and_outputs_but_no_torch_
     assert torch.equal(first, fast(**batch).loss)  # seeded: a run with chunked masks is reproducible
     with pytest.raises(Exception, match="dropout_masks"):
         load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "model.dropout_masks=fast"])
+
+
+@pytest.mark.parametrize("masks", ["bernoulli", "chunked"])
+def test_explanation_batches_train_at_their_own_dropout(masks):
+    demo = load_dataset("demo")
+    index = build_item_index(demo, "p5-sequential")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, f"model.dropout_masks={masks}", "model.dropout=0.3", "model.explanation_dropout=0.05"])
+    model, _ = build_model(cfg.architecture(), demo, index)
+
+    def rates() -> set[float]:
+        found = {m.p for m in model.modules() if isinstance(m, (nn.Dropout, ChunkedDropout))}
+        return found | {m.dropout for m in model.modules() if isinstance(getattr(m, "dropout", None), float)}
+
+    def batch(task: int) -> dict:
+        return dict(
+            task_ids=torch.full((2,), task, dtype=torch.long), users=torch.tensor([0, 1]), input_ids=torch.tensor([[5, 6, 1], [7, 1, 0]]),
+            attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), whole_word_ids=torch.zeros(2, 3, dtype=torch.long),
+            labels=torch.tensor([[8, 1], [9, 1]]),
+        )
+
+    assert rates() == {0.3}
+    model.train()
+    model(**batch(TASK_IDS["explanation"]))
+    assert rates() == {0.05}
+    if masks == "chunked":
+        assert all(m.threshold == round(0.05 * 65536) - 32768 for m in model.modules() if isinstance(m, ChunkedDropout))
+    model(**batch(TASK_IDS["sequential"]))
+    assert rates() == {0.3}
+    mixed = batch(TASK_IDS["sequential"])
+    mixed["task_ids"][0] = TASK_IDS["explanation"]
+    model(**batch(TASK_IDS["explanation"]))
+    model(**mixed)  # a batch of several tasks trains at the model's dropout
+    assert rates() == {0.3}

@@ -25,8 +25,13 @@ class ChunkedDropout(nn.Module):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
         # int16 chunks run from -32,768; those below `threshold` (round(p * 65,536) of them) are dropped
+        self.set_p(p)
+
+    def set_p(self, p: float) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
         self.threshold = round(p * _LEVELS) - _LEVELS // 2
 
     def keep_mask(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -56,3 +61,15 @@ def use_chunked_dropout(module: nn.Module) -> int:
     for parent, name, child in swaps:
         setattr(parent, name, ChunkedDropout(child.p))
     return len(swaps)
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Set every dropout probability under `module` to p: `nn.Dropout`, `ChunkedDropout`, and the float
+    `dropout` of attention layers that apply it functionally (T5's attention weights)."""
+    for m in module.modules():
+        if isinstance(m, ChunkedDropout):
+            m.set_p(p)
+        elif isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(getattr(m, "dropout", None), float):
+            m.dropout = p

@@ -27,7 +27,7 @@ from peapod.io import atomic_directory, write_json_atomic
 from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.model.composer import NeighborComposer, PoolComposer
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
-from peapod.model.dropout import DROPOUT_MASKS, use_chunked_dropout
+from peapod.model.dropout import DROPOUT_MASKS, set_dropout, use_chunked_dropout
 from peapod.model.item_head import init_item_embeddings, restricted_lm_output
 from peapod.model.text import TASK_IDS, TASKS, atomic_item_tokens, template_corpus, train_tokenizer
 
@@ -89,6 +89,9 @@ class ModelConfig:
     # about the item closest to how the user writes (peapod.data.retrieval), for the decoder to copy
     # from and edit. A from-scratch decoder cannot learn a language in minutes; it can learn to edit.
     explanation_context: str = "none"
+    # Dropout of training batches that hold only explanations (None: `dropout`). The rate that keeps a
+    # small catalogue's item tasks from overfitting slows a from-scratch decoder learning its language.
+    explanation_dropout: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -102,6 +105,8 @@ class ModelConfig:
             raise ValueError(f"model.item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
         if self.history_order not in HISTORY_ORDERS:
             raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
+        if self.explanation_dropout is not None and not 0.0 <= self.explanation_dropout < 1.0:
+            raise ValueError(f"model.explanation_dropout must be in [0, 1), got {self.explanation_dropout}")
         if self.explanation_context not in EXPLANATION_CONTEXTS:
             raise ValueError(f"model.explanation_context must be one of {EXPLANATION_CONTEXTS}, got {self.explanation_context!r}")
         if self.dropout_masks not in DROPOUT_MASKS:
@@ -172,6 +177,7 @@ class PeaPOD(nn.Module):
             self.copy_head = CopyHead(d)
             self.t5.lm_head.register_forward_hook(self._copy_hook)
         self._copy_context: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._dropout = config.dropout
         if config.dropout_masks == "chunked":
             use_chunked_dropout(self)
 
@@ -271,6 +277,12 @@ class PeaPOD(nn.Module):
         Without it, explanation rows of a copying model (`copy_head`) score the copy mixture, and `logits`
         are its log-probabilities.
         """
+        if self.training and self.config.explanation_dropout is not None:
+            only_explanations = bool((task_ids == TASK_IDS["explanation"]).all())
+            p = self.config.explanation_dropout if only_explanations else self.config.dropout
+            if p != self._dropout:
+                set_dropout(self, p)
+                self._dropout = p
         encoder_out, mask = self.encode(task_ids, input_ids, attention_mask, whole_word_ids, users=users, **who)
         if label_space is None:
             source = self.copy_sources(task_ids, input_ids, attention_mask, whole_word_ids)

@@ -65,6 +65,9 @@ class ModelSection(_Section):
         description="inference: the user's last j items are teacher-forced into the decoder and step j scores the items "
         "(needs item_targets > j; top-n only with topn_input user, the candidate-free form trained on item_targets items)",
     )
+    explanation_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="dropout of training batches that hold only explanations (default: model.dropout)"
+    )
     explanation_context: Literal["none", "retrieved"] = Field(
         "none", description="'retrieved': an explanation input also holds the item's training sentence closest to how the user writes"
     )
