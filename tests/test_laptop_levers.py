@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from peapod.data import build_item_index
+from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.evaluate.inference import Predictor, Request
 from peapod.model.cf import train_als
@@ -21,10 +22,9 @@ from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, source_text
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
-from peapod.train.validation import scored_item_ndcg, scored_step
-from peapod.data.explanations import split_explanations
 from peapod.train.token_tables import TokenTables, sentence_labels
 from peapod.train.trainer import train
+from peapod.train.validation import scored_item_ndcg, scored_step
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = ROOT / "configs" / "laptop.yaml"

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 from train_runs import TASKS, TINY, cli_env, free_port, leftovers, log_events, make_mini_p5, peapod_cmd, set_args
 
 from peapod.data import build_item_index, load_dataset
+from peapod.data.explanations import split_explanations
 from peapod.model.peapod import load_bundle
 from peapod.train.config import load_config
-from peapod.data.explanations import split_explanations
 from peapod.train.samplers import epoch_batches
 from peapod.train.trainer import train, weights_digest
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from train_runs import TINY, cli_env, log_events, make_mini_p5, peapod_cmd, set_args
 
+from peapod.data.dataset import DataError
 from peapod.rundir import LOCK_NAME, ResumeError, RunLocked, check_resume, data_identity, run_lock
 from peapod.train.config import load_config
 from peapod.train.trainer import train
@@ -77,7 +78,7 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_reentrant(tmp_path):
 
 def test_refused_data_leaves_no_run_directory(tmp_path):
     run = tmp_path / "new"
-    with pytest.raises(Exception):
+    with pytest.raises(DataError, match="no such file or directory"):
         train(load_config(TINY, [*SHORT, f"data.path={tmp_path / 'missing'}"]), run, quiet=True)
     assert not run.exists()
 

@@ -9,6 +9,7 @@ from serve_run import running_server, user_with_history
 
 from peapod.serve.recommender import MAX_HISTORY
 
+
 @pytest.fixture(scope="module")
 def server(served_run, tmp_path_factory):
     import httpx

@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 from train_runs import TASKS, TINY, cli_env, leftovers, log_events, peapod_cmd
 
 from peapod.data import build_item_index, load_dataset
+from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.model.peapod import load_bundle
 from peapod.model.text import GENERIC_USER
-from peapod.data.explanations import split_explanations
 from peapod.train.config import load_config
 from peapod.train.samplers import (
     epoch_batches,

@@ -10,11 +10,11 @@ import pytest
 
 from peapod.data import build_item_index
 from peapod.data.dataset import validation_users
+from peapod.data.explanations import split_explanations
 from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
 from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData
-from peapod.data.explanations import split_explanations
 from peapod.train.samplers import validation_examples
 from peapod.train.trainer import train
 

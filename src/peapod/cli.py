@@ -298,11 +298,12 @@ def main() -> None:
     from peapod.runtime import flush_subnormals
 
     flush_subnormals()  # before torch starts its worker threads: they inherit the flag (peapod.runtime)
+    from peapod.extras import MissingExtra
     from peapod.rundir import ResumeError, RunLocked
 
     try:
         app()
-    except (DataError, RunLocked, ResumeError) as e:
+    except (DataError, RunLocked, ResumeError, MissingExtra) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
 

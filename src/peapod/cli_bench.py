@@ -185,7 +185,7 @@ def bench_grid(
     protocols: str = typer.Option(None, "--protocols", help="Comma-separated: legacy, rigorous."),
     seeds: str = typer.Option(None, "--seeds", help="Comma-separated subset of the spec's seeds."),
     out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
-    markdown: str = typer.Option(None, "--markdown", help="Update this file's section for the grid after every cell (e.g. BENCHMARKS.md)."),
+    markdown: str = typer.Option(None, "--markdown", help="Update this file's section for the grid after every cell (e.g. benchmarks/NOTEBOOK.md)."),
     force: bool = typer.Option(False, "--force", help="Recompute the selected cells even when they have results."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and whether each is done; run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -232,7 +232,7 @@ def bench_grid(
 def bench_report(
     spec_path: str = typer.Argument(..., help="Grid spec YAML."),
     out: str = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results/<grid name>)."),
-    markdown: str = typer.Option(None, "--markdown", help="Write the section into this file (e.g. BENCHMARKS.md) instead of printing it."),
+    markdown: str = typer.Option(None, "--markdown", help="Write the section into this file (e.g. benchmarks/NOTEBOOK.md) instead of printing it."),
 ) -> None:
     """Aggregate a grid's finished cells into Markdown tables (POD anchors, ratios, targets)."""
     from peapod.grid import grid_markdown, load_results, update_markdown_section

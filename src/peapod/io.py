@@ -32,7 +32,7 @@ def _fsync_path(path: Path) -> None:
 def fsync_tree(root: Path) -> None:
     """fsync every file below `root`, then every directory, deepest first, `root` last."""
     dirs = []
-    for here, subdirs, files in os.walk(root):
+    for here, _subdirs, files in os.walk(root):
         for name in files:
             _fsync_path(Path(here) / name)
         dirs.append(Path(here))

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from peapod.evaluate.metrics import percent_scale
+from peapod.extras import require
 
 __all__ = ["compare_table", "plot_metrics", "plot_training", "read_log", "write_report"]
 
@@ -111,6 +112,7 @@ def compare_table(results: dict[str, dict], markdown: bool = False) -> str:
 
 # ---- plots ------------------------------------------------------------------------------------
 def _figure(width: float, height: float):
+    require("matplotlib", "report", "the report's plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -3,7 +3,7 @@
 Subnormal floats (below 1.2e-38 in float32) are computed by x86 CPUs in microcode, about 100x
 slower than normal ones. A trained model makes them: its softmaxes underflow into that range and
 the matrix products downstream carry them. On the laptop recipe a training step on a trained Toys
-model took 0.53 s with them and 0.33 s without (BENCHMARKS.md). Flushing them to zero (FTZ/DAZ) is
+model took 0.53 s with them and 0.33 s without (benchmarks/NOTEBOOK.md). Flushing them to zero (FTZ/DAZ) is
 what TensorFlow does on CPU by default; the values lost are below any float32 loss's resolution.
 
 The flag lives in each thread's floating-point control register, and a thread inherits it from the
@@ -72,7 +72,7 @@ def share_cpu() -> dict:
     """Set torch's intra-op threads for this process from the load at start, once, and return the choice.
 
     OpenMP threads spin while they wait for each other; beside another busy process they wait for a
-    core the other holds, and training ran at 0.23-0.35x its quiet speed (BENCHMARKS.md). One thread
+    core the other holds, and training ran at 0.23-0.35x its quiet speed (benchmarks/NOTEBOOK.md). One thread
     fewer per busy core avoids that, and on a quiet machine nothing changes. The choice is recorded in
     run summaries (`threads`), since the thread count changes float rounding.
     """

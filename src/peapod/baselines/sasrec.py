@@ -19,7 +19,7 @@ The rest follows the published SASRec+SS setup on the P5/S3-Rec Amazon splits (e
 1 head, dropout 0.2, the last 50 items, Adam 1e-3 with betas (0.9, 0.98), batches of 128, up to 200
 epochs, and the epoch kept by early stopping on validation HR@10 (= Recall@10 with one target) over
 every user. On Toys the full softmax reached a validation NDCG@10 of 7.08% against 6.59% for 256
-sampled negatives (seed 0, BENCHMARKS.md). Patience is 10 evaluations instead of the reference's
+sampled negatives (seed 0, benchmarks/NOTEBOOK.md). Patience is 10 evaluations instead of the reference's
 50: with 256 negatives, validation HR@10 peaked in the 5th epoch (10.66%) and the 50 epochs after
 it reached 10.22% at most, so the longer wait only costs time. Validation and evaluation feed the leave-one-out
 histories of `Dataset.history_and_target` (the last ``max_len`` items) and score all items with
@@ -44,7 +44,6 @@ from peapod.data.dataset import (
     Dataset,
     validation_users,
 )
-
 
 SASREC_LOSSES = ("ce", "sampled", "bce")
 SELECTION_METRIC = "HR@10"

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from peapod.extras import require
+
 MIN_WORDS = 4
 MAX_WORDS = 40
 MIN_OPINION_VALENCE = 0.5
@@ -87,6 +89,7 @@ _WS = re.compile(r"\s+")
 @lru_cache(maxsize=4)
 def opinion_words(min_valence: float = MIN_OPINION_VALENCE) -> frozenset[str]:
     """Single-word VADER lexicon entries with |mean valence| >= `min_valence`, minus `NOT_OPINIONS`."""
+    require("vaderSentiment", "reviews", "extracting explanations from reviews")
     text = resources.files("vaderSentiment").joinpath("vader_lexicon.txt").read_text(encoding="utf-8")
     out = set()
     for line in text.splitlines():
@@ -99,6 +102,7 @@ def opinion_words(min_valence: float = MIN_OPINION_VALENCE) -> frozenset[str]:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a review, in order (see the module doc for the rule)."""
+    require("syntok", "reviews", "extracting explanations from reviews")
     from syntok import segmenter
 
     text = _RUN_ON.sub(r"\1 ", text)

@@ -81,7 +81,7 @@ class ItemIndex:
         return {"strategy": self.strategy, "seed": self.seed, "numbers": list(self.numbers)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ItemIndex":
+    def from_dict(cls, d: dict) -> ItemIndex:
         return cls(strategy=d["strategy"], numbers=tuple(int(n) for n in d["numbers"]), seed=d.get("seed"))
 
 

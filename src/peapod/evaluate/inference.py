@@ -33,8 +33,8 @@ import torch
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.generation import GenerationMixin
 from peapod.evaluate.metrics import mask_items
-from peapod.evaluate.request_inputs import RequestInputsMixin
 from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
+from peapod.evaluate.request_inputs import RequestInputsMixin
 from peapod.evaluate.requests import (
     EXPLANATION_DECODINGS,
     BeamResult,
@@ -113,7 +113,7 @@ class Predictor(RequestInputsMixin, GenerationMixin):
         self._item_index: dict[str, int] | None = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> "Predictor":
+    def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> Predictor:
         """A predictor for a run directory or a model directory (see `resolve_model_dir`).
 
         `max_history` defaults to the run's `train.max_history` when the run config is found.

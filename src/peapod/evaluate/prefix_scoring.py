@@ -75,7 +75,7 @@ class PrefixTree:
         return int(self.item_nodes.shape[0])
 
     @classmethod
-    def build(cls, item_ids: torch.Tensor, item_mask: torch.Tensor, decoder_start_token_id: int) -> "PrefixTree":
+    def build(cls, item_ids: torch.Tensor, item_mask: torch.Tensor, decoder_start_token_id: int) -> PrefixTree:
         """The tree over the token rows of `item_token_matrix` ([N, T] ids and mask, EOS included)."""
         ids = item_ids.tolist()
         lengths = item_mask.sum(1).tolist()
@@ -115,7 +115,7 @@ class PrefixTree:
             *_edges(item_nodes, item_tokens, item_valid),
         )
 
-    def subtree(self, items: torch.Tensor) -> "PrefixTree":
+    def subtree(self, items: torch.Tensor) -> PrefixTree:
         """The tree of only `items` ([C] item indices; repeats allowed): their paths' nodes, renumbered.
 
         Item rows follow `items` (row c scores items[c]).

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.explanations import run_explanation_split
 from peapod.data.loaders import is_embedded, load_dataset
-from peapod.data.retrieval import ExplanationRetrieval
 from peapod.data.negatives import ensure_negatives, read_negatives
+from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.inference import (
     Predictor,
     Request,

@@ -50,7 +50,7 @@ class TreeChildren:
     target: torch.Tensor
 
     @classmethod
-    def build(cls, tree: PrefixTree) -> "TreeChildren":
+    def build(cls, tree: PrefixTree) -> TreeChildren:
         e = tree.edge_node.numel()
         child = torch.full((e,), -1, dtype=torch.long)
         item = torch.full((e,), -1, dtype=torch.long)

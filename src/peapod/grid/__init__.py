@@ -2,7 +2,7 @@
 
 A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
 
-    name: cpu                          # the BENCHMARKS.md section and the default output folder
+    name: cpu                          # the benchmarks/NOTEBOOK.md section and the default output folder
     config: configs/cpu-small.yaml     # the run config every generative cell starts from
     datasets: {toys: ../shared/data/toys, beauty: ../shared/data/beauty}
     variants: [p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec]   # also: retrieval
@@ -33,7 +33,7 @@ training runs in `<out>/runs/` (large, not).
 
 `spec` holds the schema and the plan of cells, `run` computes cells, `report` makes the tables:
 `grid_markdown(results)` aggregates the cell JSONs into tables with the POD anchor figures and the
-targets' status; `update_markdown_section` splices it into BENCHMARKS.md between markers.
+targets' status; `update_markdown_section` splices it into benchmarks/NOTEBOOK.md between markers.
 """
 
 from peapod.grid.report import grid_markdown, machine_text, update_markdown_section

@@ -1,7 +1,7 @@
 """Dropout whose random mask is cheap on a CPU.
 
 On a 2-core CPU `torch.nn.Dropout` draws one Bernoulli sample per element, and at d_model 128 those
-draws cost more than the matrix products they guard (a third of a training step, BENCHMARKS.md).
+draws cost more than the matrix products they guard (a third of a training step, benchmarks/NOTEBOOK.md).
 `ChunkedDropout` draws one 64-bit random word per four elements and cuts it into four 16-bit
 chunks: an element is kept when its chunk is at or above the drop threshold. It is the same
 dropout (each element kept independently with probability 1 - p, survivors scaled by 1/(1 - p)),

@@ -136,7 +136,7 @@ class ModelConfig:
         return ALSConfig(dim=self.cf_dim, reg=self.cf_reg, alpha=self.cf_alpha, iterations=self.cf_iterations, seed=self.seed)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 TASKS = ("explanation", "sequential", "topn")
@@ -60,7 +59,7 @@ def random_template(task: str, rng: random.Random) -> int:
 def template_corpus(user_texts: list[str], item_texts: list[str], sentences: list[str]) -> list[str]:
     """Text to train a from-scratch tokenizer on: every template, every id, the training sentences."""
     lines = []
-    for task, options in TEMPLATES.items():
+    for options in TEMPLATES.values():
         for t in options:
             lines.append(t.format(user="user_1", history="item_1 item_2", candidates="item_3 item_4", item="item_5"))
     lines.extend(" ".join(user_texts[i : i + 64]) for i in range(0, len(user_texts), 64))

@@ -103,7 +103,7 @@ class Recommender:
         *,
         max_history: int | None = None,
         warm_up: bool = True,
-    ) -> "Recommender":
+    ) -> Recommender:
         """Load a run directory (its `best/` model) or a model directory.
 
         Args:

@@ -140,7 +140,7 @@ class RunConfig(_Section):
     eval: EvalSection = EvalSection()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         problems = []
         atomic = self.index.strategy == "atomic"
         if self.model.item_targets > 1 and not atomic:

@@ -48,7 +48,7 @@ class TrainSequences:
     lengths: np.ndarray
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> "TrainSequences":
+    def from_dataset(cls, ds: Dataset) -> TrainSequences:
         lists = [ds.train_items(u) for u in range(ds.n_users)]
         lengths = np.array([len(x) for x in lists], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

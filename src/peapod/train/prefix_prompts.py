@@ -36,7 +36,7 @@ class PrefixPrompts:
     als: ALSConfig
     with_neighbors: bool
 
-    def for_rows(self, seqs: "TrainSequences", users: np.ndarray, prefix: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def for_rows(self, seqs: TrainSequences, users: np.ndarray, prefix: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(cf_query [N, c], neighbors [N, k]) of each row: folded in from the user's first prefix[r]
         training items, its neighbours the most similar other users; the whole user where prefix is None."""
         u = torch.from_numpy(users)

@@ -22,11 +22,11 @@ from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
 from peapod.data import build_item_index
+from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.batch_order import padded_tokens
 from peapod.train.config import RunConfig
-from peapod.data.explanations import split_explanations
 from peapod.train.trainer import id_training_data
 
 
@@ -84,7 +84,7 @@ def time_training_steps(arms: dict[str, RunConfig], steps: int, warmup: int = 3,
     """Seconds per optimizer step for each arm (a name -> config), on the same first `warmup + steps`
     batches of epoch 0; the first `warmup` positions are run and not timed. `weights`: a model
     directory (a run's best/) every arm starts from, since a trained model can step at another speed
-    than a fresh one (BENCHMARKS.md: a trained item softmax once underflowed into slow subnormal floats)."""
+    than a fresh one (benchmarks/NOTEBOOK.md: a trained item softmax once underflowed into slow subnormal floats)."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps} and {warmup}")
     first = _check_comparable(arms)

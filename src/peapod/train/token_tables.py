@@ -53,7 +53,7 @@ class TokenTables:
         return self.user_tokens.shape[0] - 1
 
     @classmethod
-    def build(cls, tokenizer, index: ItemIndex, n_users: int) -> "TokenTables":
+    def build(cls, tokenizer, index: ItemIndex, n_users: int) -> TokenTables:
         users = [user_text(u) for u in range(n_users)] + [GENERIC_USER]
         user_ids = tokenizer(users, add_special_tokens=False)["input_ids"]
         item_ids = tokenizer(index.all_item_texts(), add_special_tokens=False)["input_ids"]

@@ -34,13 +34,14 @@ from peapod.data import build_item_index
 from peapod.data.dataset import Dataset
 from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
-from peapod.data.retrieval import ExplanationRetrieval
 from peapod.data.negatives import ensure_negatives, write_negatives
+from peapod.data.retrieval import ExplanationRetrieval
+from peapod.extras import available
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle, save_bundle
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
-from peapod.runtime import share_cpu, subnormals_flushed
 from peapod.rundir import LOCK_NAME, check_resume, data_identity, run_lock
+from peapod.runtime import share_cpu, subnormals_flushed
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
 from peapod.train.config import RunConfig
 from peapod.train.id_batches import IdTrainingData
@@ -266,9 +267,10 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     writer = None
     log = None
     if main:
-        from torch.utils.tensorboard import SummaryWriter
+        if available("tensorboard"):  # optional (peapod[tb]); log.jsonl holds the same numbers
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tb"))
+            writer = SummaryWriter(str(out_dir / "tb"))
         log = open(out_dir / "log.jsonl", "a", encoding="utf-8")
 
     def log_event(event: dict) -> None:
@@ -398,7 +400,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     if main:
         write_json_atomic(out_dir / "summary.json", summary)
         log.close()
-        writer.close()
+        if writer:
+            writer.close()
     if world > 1:
         # Free the DDP wrapper (its reducer holds process-group work) while the group is still alive;
         # destroying it after the group is gone can hang a rank at exit.
