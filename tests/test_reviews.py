@@ -26,7 +26,8 @@ from peapod.data.extraction import (
     split_sentences,
     tokens,
 )
-from peapod.data.reviews import FieldMap, convert_reviews
+from peapod.data.reviews import FieldMap
+from peapod.data.reviews_convert import convert_reviews
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reviews_small.json"
 runner = CliRunner()

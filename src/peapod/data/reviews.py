@@ -32,7 +32,7 @@ import json
 import math
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -297,53 +297,12 @@ def prepare_reviews(reviews: list[Review], path: str, *, strict: bool = False, m
     return Prepared(users, items, sequences, len(reviews), len(short), len(reviews) - len(kept), empty)
 
 
-# ---- conversion --------------------------------------------------------------------------------
-def convert_reviews(
-    path: str | Path,
-    out: str | Path,
-    *,
-    fields: FieldMap = AMAZON_FIELDS,
-    fmt: str = "auto",
-    strict: bool = False,
-    seed: int = 0,
-    min_df: int | None = None,
-    top_k: int | None = None,
-    force: bool = False,
-    progress: bool = False,
-    command: str | None = None,
-) -> dict:
-    """Read `path`, extract explanations, write the P5-style directory `out` atomically; return its stats.
-
-    `out` must not exist or be empty, unless `force` (it is then replaced as a whole). Nothing is written
-    when anything fails.
-    """
-    from peapod.data.reviews_output import build_output, write_output
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"output directory {out} is not empty; choose another --out or pass --force to replace it")
-    where = str(path)
-    reviews = read_reviews(path, fields, fmt, progress=progress)
-    prepared = prepare_reviews(reviews, where, strict=strict)
-    sha, size = file_sha256(path)
-    source = {
-        "path": where, "bytes": size, "sha256": sha, "compression": "gzip" if is_gzip(path) else "none",
-        "format": detect_format(path, fmt), "fields": asdict(fields),
-    }
-    output = build_output(prepared, source, seed=seed, min_df=min_df, top_k=top_k, strict=strict, progress=progress)
-    write_output(output, out, command=command)
-    return output.stats
-
-
 __all__ = [
     "AMAZON_FIELDS",
     "FORMATS",
     "FieldMap",
     "Prepared",
     "Review",
-    "convert_reviews",
     "detect_format",
     "file_sha256",
     "iter_lines",

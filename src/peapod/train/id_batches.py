@@ -36,32 +36,8 @@ from peapod.model.text import TASK_IDS
 from peapod.train.batch_order import batch_rows
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import sample_negatives_for
+from peapod.train.sequences import TrainSequences
 from peapod.train.token_tables import TokenTables, context_tokens, sentence_labels
-
-
-@dataclass(frozen=True)
-class TrainSequences:
-    """Every user's training items, flattened: user u's are flat[offsets[u] : offsets[u] + lengths[u]]."""
-
-    flat: np.ndarray
-    offsets: np.ndarray
-    lengths: np.ndarray
-
-    @classmethod
-    def from_dataset(cls, ds: Dataset) -> TrainSequences:
-        lists = [ds.train_items(u) for u in range(ds.n_users)]
-        lengths = np.array([len(x) for x in lists], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        flat = np.array([i for x in lists for i in x], dtype=np.int64)
-        return cls(flat, offsets, lengths)
-
-    def window(self, users: np.ndarray, start: np.ndarray, stop: np.ndarray, width: int) -> np.ndarray:
-        """[N, width] items start..stop-1 of each user's training items (left-aligned, -1 padded)."""
-        j = np.arange(width)[None, :]
-        pos = start[:, None] + j
-        valid = pos < stop[:, None]
-        idx = np.where(valid, self.offsets[users][:, None] + pos, 0)
-        return np.where(valid, self.flat[idx] if len(self.flat) else 0, -1)
 
 
 @dataclass

@@ -10,15 +10,12 @@ full vector holds the example's target).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors
-
-if TYPE_CHECKING:
-    from peapod.train.id_batches import TrainSequences
+from peapod.train.sequences import TrainSequences
 
 
 @dataclass(frozen=True)
