@@ -23,7 +23,6 @@ from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index
 from peapod.data.negatives import sample_negatives
 from peapod.evaluate.inference import Predictor, Request, resolve_model_dir
-from peapod.evaluate.metrics import MISS
 from peapod.evaluate.prefix_scoring import PrefixTree
 from peapod.evaluate.runner import (
     evaluate_run,
@@ -32,6 +31,7 @@ from peapod.evaluate.runner import (
     topn_candidates,
 )
 from peapod.evaluate.table import format_table
+from peapod.metrics.ranking import MISS
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 

@@ -196,7 +196,6 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
     from peapod.evaluate.inference import EXPLANATION_DECODINGS
-    from peapod.evaluate.metrics import HISTORY_MODES
     from peapod.evaluate.runner import (
         PROTOCOLS,
         SEQ_DECODINGS,
@@ -204,6 +203,7 @@ def evaluate_command(
         evaluate_run,
     )
     from peapod.evaluate.table import format_table
+    from peapod.metrics.ranking import HISTORY_MODES
 
     task_list = _split_list(tasks) or []
     known_tasks = {"seq", "sequential", "topn", "top-n", "exp", "explanation"}

@@ -32,7 +32,6 @@ import torch
 
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.generation import GenerationMixin
-from peapod.evaluate.metrics import mask_items
 from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
 from peapod.evaluate.request_inputs import RequestInputsMixin
 from peapod.evaluate.requests import (
@@ -47,6 +46,7 @@ from peapod.evaluate.requests import (
 from peapod.evaluate.scoring import item_token_matrix, score_all_items, score_candidates
 from peapod.evaluate.topk_search import TreeChildren, search_top_k
 from peapod.evaluate.trie import ItemTrie
+from peapod.metrics.ranking import mask_items
 from peapod.model.peapod import ModelBundle, load_bundle
 from peapod.model.text import eval_template
 

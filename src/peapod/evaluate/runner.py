@@ -60,7 +60,6 @@ import torch
 
 import peapod
 from peapod.evaluate.inference import EXPLANATION_DECODINGS, normalize_task
-from peapod.evaluate.metrics import HISTORY_RULES, check_history_mode
 from peapod.evaluate.tasks import (
     BEAM_SIZE,
     PROTOCOLS,
@@ -77,8 +76,9 @@ from peapod.evaluate.tasks import (
     ranking_task_metrics,
     topn_candidates,
 )
-from peapod.evaluate.text_metrics import explanation_metrics
 from peapod.io import write_json_atomic
+from peapod.metrics.ranking import HISTORY_RULES, check_history_mode
+from peapod.metrics.text import explanation_metrics
 from peapod.runtime import share_cpu
 
 __all__ = [

@@ -26,7 +26,7 @@ from peapod.evaluate.inference import (
     normalize_task,
     resolve_model_dir,
 )
-from peapod.evaluate.metrics import (
+from peapod.metrics.ranking import (
     PROTOCOL_HISTORY,
     metrics_from_ranked_lists,
     rank_of_target,
