@@ -59,7 +59,6 @@ from pathlib import Path
 import torch
 
 import peapod
-from peapod.evaluate.inference import EXPLANATION_DECODINGS, normalize_task
 from peapod.evaluate.tasks import (
     BEAM_SIZE,
     PROTOCOLS,
@@ -76,6 +75,7 @@ from peapod.evaluate.tasks import (
     ranking_task_metrics,
     topn_candidates,
 )
+from peapod.infer.predictor import EXPLANATION_DECODINGS, normalize_task
 from peapod.io import write_json_atomic
 from peapod.metrics.ranking import HISTORY_RULES, check_history_mode
 from peapod.metrics.text import explanation_metrics

@@ -12,7 +12,7 @@ A `Predictor` wraps a `ModelBundle` and answers batches of `Request`s, each one 
   users (`model.neighbors_of`). Which items: `Request.profile`, defaulting to the history for the
   sequential task and to the item for explanation.
 * item scores are exact teacher-forced log-likelihoods (EOS included), computed with the prefix-tree
-  scorer of `peapod.evaluate.prefix_scoring` (same numbers as `scoring.score_candidates`, faster);
+  scorer of `peapod.infer.prefix_scoring` (same numbers as `scoring.score_candidates`, faster);
   `method="naive"` uses `scoring.py` directly. A multi-item atomic decoder scores at one step: the
   first, or with `decoder_history` j the step after the user's last j items (`RequestInputsMixin`).
 * generation passes the encoder output to `model.t5.generate(encoder_outputs=...)`, so the encoder is
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from peapod.data.retrieval import ExplanationRetrieval
-from peapod.evaluate.generation import GenerationMixin
-from peapod.evaluate.prefix_scoring import PrefixTree, score_items_tree
-from peapod.evaluate.request_inputs import RequestInputsMixin
-from peapod.evaluate.requests import (
+from peapod.infer.generation import GenerationMixin
+from peapod.infer.prefix_scoring import PrefixTree, score_items_tree
+from peapod.infer.request_inputs import RequestInputsMixin
+from peapod.infer.requests import (
     EXPLANATION_DECODINGS,
     BeamResult,
     Encoded,
@@ -43,9 +43,9 @@ from peapod.evaluate.requests import (
     normalize_task,
     resolve_model_dir,
 )
-from peapod.evaluate.scoring import item_token_matrix, score_all_items, score_candidates
-from peapod.evaluate.topk_search import TreeChildren, search_top_k
-from peapod.evaluate.trie import ItemTrie
+from peapod.infer.scoring import item_token_matrix, score_all_items, score_candidates
+from peapod.infer.topk_search import TreeChildren, search_top_k
+from peapod.infer.trie import ItemTrie
 from peapod.metrics.ranking import mask_items
 from peapod.model.peapod import ModelBundle, load_bundle
 from peapod.model.text import eval_template

@@ -1,4 +1,4 @@
-"""Request inputs for `peapod.evaluate.inference.Predictor`: what a request's encoder reads, which
+"""Request inputs for `peapod.infer.predictor.Predictor`: what a request's encoder reads, which
 items its decoder is handed before the scored step, and whose prompt it gets.
 
 `RequestInputsMixin` is that half of `Predictor` (which supplies `model`, `tokenizer`, `index`,
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from peapod.data.indexing import user_text
-from peapod.evaluate.requests import Encoded, Request
+from peapod.infer.requests import Encoded, Request
 from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, source_text
 
 

@@ -1,6 +1,6 @@
 """Generation over an encoded batch: beam search for item ids and explanation decoding.
 
-`GenerationMixin` is half of `peapod.evaluate.inference.Predictor` (which supplies `model`,
+`GenerationMixin` is half of `peapod.infer.predictor.Predictor` (which supplies `model`,
 `tokenizer`, `trie`, `n_items`, `device`, `first_step_scores`, `decoder_items`, `parse_item` and `_encoded`). The
 encoder output is handed to `model.t5.generate(encoder_outputs=...)`, so the encoder is not rerun
 per beam.
@@ -14,8 +14,8 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
-from peapod.evaluate.requests import EXPLANATION_DECODINGS, BeamResult, Encoded, Request
-from peapod.evaluate.trie_decoding import TrieLogitsProcessor, decode_items
+from peapod.infer.requests import EXPLANATION_DECODINGS, BeamResult, Encoded, Request
+from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
 
 
 class GenerationMixin:
