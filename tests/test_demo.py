@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from peapod.cli import app
 from peapod.data import load_dataset
-from peapod.serve.demo import DEMO_CONFIG, DEMO_OUTPUTS, demo_config, prepare_out_dir
+from peapod.demo import DEMO_CONFIG, DEMO_OUTPUTS, demo_config, prepare_out_dir
 from peapod.train.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

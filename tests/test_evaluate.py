@@ -22,9 +22,6 @@ from peapod.cli import app
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index
 from peapod.data.negatives import sample_negatives
-from peapod.evaluate.inference import Predictor, Request, resolve_model_dir
-from peapod.evaluate.metrics import MISS
-from peapod.evaluate.prefix_scoring import PrefixTree
 from peapod.evaluate.runner import (
     evaluate_run,
     load_setup,
@@ -32,6 +29,9 @@ from peapod.evaluate.runner import (
     topn_candidates,
 )
 from peapod.evaluate.table import format_table
+from peapod.infer.predictor import Predictor, Request, resolve_model_dir
+from peapod.infer.prefix_scoring import PrefixTree
+from peapod.metrics.ranking import MISS
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 

@@ -12,8 +12,8 @@ from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.data.retrieval import ExplanationRetrieval
-from peapod.evaluate.inference import Predictor
-from peapod.evaluate.requests import EXPLANATION_DECODINGS, Request
+from peapod.infer.predictor import Predictor
+from peapod.infer.requests import EXPLANATION_DECODINGS, Request
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, source_text

@@ -63,3 +63,21 @@ def test_no_import_circle():
     graph = import_graph()
     assert "peapod.train.id_batches" in graph and "peapod.train.sequences" in graph["peapod.train.prefix_prompts"]
     assert cycles(graph) == []
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_serving_and_inference_do_not_reach_up_the_flow():
+    graph = import_graph()
+    upward = {"train", "evaluate", "grid", "report", "demo"}
+    bad = {m: sorted(d for d in deps if _package(d) in upward) for m, deps in graph.items() if _package(m) in ("serve", "infer")}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_only_the_training_side_imports_training():
+    graph = import_graph()
+    allowed = ("peapod.train", "peapod.demo", "peapod.grid", "peapod.cli")
+    bad = {m: sorted(d for d in deps if d.startswith("peapod.train")) for m, deps in graph.items() if not m.startswith(allowed)}
+    assert {m: d for m, d in bad.items() if d} == {}

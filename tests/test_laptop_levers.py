@@ -15,7 +15,7 @@ import torch
 from peapod.data import build_item_index
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
-from peapod.evaluate.inference import Predictor, Request
+from peapod.infer.predictor import Predictor, Request
 from peapod.model.cf import train_als
 from peapod.model.item_head import project_factors
 from peapod.model.peapod import ModelBundle, build_model

@@ -16,7 +16,7 @@ import torch
 
 from peapod.data import build_item_index
 from peapod.data.indexing import user_text
-from peapod.evaluate.inference import Predictor, Request
+from peapod.infer.predictor import Predictor, Request
 from peapod.model.cf import fold_in, nearest_neighbors
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import encode_inputs, source_text

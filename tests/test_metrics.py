@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peapod.evaluate.metrics import (
+from peapod.metrics.ranking import (
     MISS,
     hit_rate_at,
     metrics_from_ranked_lists,
@@ -19,7 +19,7 @@ from peapod.evaluate.metrics import (
     ranking_metrics,
     ranks_from_ranked_lists,
 )
-from peapod.evaluate.text_metrics import (
+from peapod.metrics.text import (
     bleu_score,
     compute_legacy_bleu,
     feature_hit_rate,
@@ -292,7 +292,7 @@ def test_rank_array_types() -> None:
 
 
 def test_peter_feature_metrics_against_a_hand_computed_fixture() -> None:
-    from peapod.evaluate.text_metrics import explanation_metrics, feature_metrics, mentioned_features
+    from peapod.metrics.text import explanation_metrics, feature_metrics, mentioned_features
 
     vocabulary = ["sound", "strap", "price", "Sound Quality", "tuner", "sound", ""]  # 4 distinct features
     hypotheses = [

@@ -55,7 +55,7 @@ def test_recommend_known_user(rec):
     assert all(rec.predictor.item_index(i) is not None for i, _ in items)
     # exact: the list is the top of the full-catalogue scores
     p = rec.predictor
-    from peapod.evaluate.inference import Request
+    from peapod.infer.predictor import Request
 
     hist = [p.item_index(i) for i in rec.user_history(user)]
     full = p.score_all_items([Request("sequential", hist, p.user_index(user))], exclude=[hist])[0]

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LogitsProcessorList, T5Config, T5ForConditionalGeneration
 
-from peapod.evaluate.trie import ItemTrie
-from peapod.evaluate.trie_decoding import TrieLogitsProcessor, decode_items
+from peapod.infer.trie import ItemTrie
+from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
 
 EOS = 1
 

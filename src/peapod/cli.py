@@ -195,8 +195,6 @@ def evaluate_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
-    from peapod.evaluate.inference import EXPLANATION_DECODINGS
-    from peapod.evaluate.metrics import HISTORY_MODES
     from peapod.evaluate.runner import (
         PROTOCOLS,
         SEQ_DECODINGS,
@@ -204,6 +202,8 @@ def evaluate_command(
         evaluate_run,
     )
     from peapod.evaluate.table import format_table
+    from peapod.infer.predictor import EXPLANATION_DECODINGS
+    from peapod.metrics.ranking import HISTORY_MODES
 
     task_list = _split_list(tasks) or []
     known_tasks = {"seq", "sequential", "topn", "top-n", "exp", "explanation"}
@@ -286,7 +286,7 @@ def demo(
     if stats_only:
         return
     check_device(device)
-    from peapod.serve.demo import DemoError, run_demo
+    from peapod.demo import DemoError, run_demo
 
     typer.echo("")
     try:

@@ -41,9 +41,9 @@ def _run(name: str, data: str, out: str, seed: int, settings: list[str], protoco
     from peapod.baselines.run import baseline_negatives, evaluate_baseline, fit_baseline, save_sasrec
     from peapod.data import load_dataset
     from peapod.data.negatives import read_negatives
-    from peapod.evaluate.metrics import HISTORY_MODES, PROTOCOL_HISTORY
     from peapod.evaluate.table import format_table
     from peapod.io import write_json_atomic
+    from peapod.metrics.ranking import HISTORY_MODES, PROTOCOL_HISTORY
 
     if protocol not in PROTOCOL_HISTORY:
         fail(f"--protocol must be one of {', '.join(PROTOCOL_HISTORY)}; got {protocol!r}")

@@ -16,8 +16,8 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from peapod.evaluate.metrics import percent_scale
 from peapod.extras import require
+from peapod.metrics.ranking import percent_scale
 
 __all__ = ["compare_table", "plot_metrics", "plot_training", "read_log", "write_report"]
 

@@ -5,7 +5,7 @@ Popularity counts how often each item occurs in the *training* part of the leave
 
 The helpers `full_ranking_metrics` / `candidate_metrics` take a score function
 ``score_fn(users, histories) -> Tensor[B, N]`` (N = number of items, higher = better) and turn it
-into HR@k / NDCG@k with `peapod.evaluate.metrics`, ties counted against the target (pessimistic).
+into HR@k / NDCG@k with `peapod.metrics.ranking`, ties counted against the target (pessimistic).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from peapod.data.dataset import Dataset
-from peapod.evaluate.metrics import check_history_mode, mask_items, rank_of_target, ranking_metrics
+from peapod.metrics.ranking import check_history_mode, mask_items, rank_of_target, ranking_metrics
 
 ScoreFn = Callable[[list[int], list[list[int]]], torch.Tensor]
 

@@ -62,7 +62,7 @@ def evaluate_retrieval(
     from tqdm.auto import tqdm
 
     import peapod
-    from peapod.evaluate.text_metrics import explanation_metrics
+    from peapod.metrics.text import explanation_metrics
 
     t0 = time.perf_counter()
     train, records = explanation_records(ds, split)
@@ -114,7 +114,7 @@ def evaluate_retrieval(
                if tok_dir is not None else "references whole (no reference tokenizer given)"),
             "rigorous": "SacreBLEU (default 13a tokenisation, exp smoothing) and rouge-score F on whole references; "
             "FHR (= FMR): the record's feature named in the output; FCR, DIV, USR as PETER defines them "
-            "(peapod.evaluate.text_metrics.feature_metrics)",
+            "(peapod.metrics.text.feature_metrics)",
         },
         "split": split,
         "seeds": [],

@@ -23,8 +23,8 @@ from peapod.baselines.popularity import PopularityModel, RankingEvaluation
 from peapod.baselines.sasrec import SASRec, SASRecConfig, train_sasrec
 from peapod.data.dataset import Dataset
 from peapod.data.negatives import ensure_negatives
-from peapod.evaluate.metrics import HISTORY_RULES, PROTOCOL_HISTORY, check_history_mode
 from peapod.io import atomic_directory, write_json_atomic
+from peapod.metrics.ranking import HISTORY_RULES, PROTOCOL_HISTORY, check_history_mode
 from peapod.runtime import share_cpu
 
 BASELINE_NAMES = ("popularity", "sasrec")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import peapod
-from peapod.evaluate.metrics import ndcg_gains, ranks_from_ranked_lists
 from peapod.evaluate.tasks import TaskOutput, evaluate_task, load_setup, ranking_task_metrics
+from peapod.metrics.ranking import ndcg_gains, ranks_from_ranked_lists
 
 __all__ = ["format_ablation_table", "run_user_prompt_ablation"]
 

@@ -54,13 +54,12 @@ import datetime as _dt
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import peapod
-from peapod.evaluate.inference import EXPLANATION_DECODINGS, normalize_task
-from peapod.evaluate.metrics import HISTORY_RULES, check_history_mode
 from peapod.evaluate.tasks import (
     BEAM_SIZE,
     PROTOCOLS,
@@ -77,8 +76,10 @@ from peapod.evaluate.tasks import (
     ranking_task_metrics,
     topn_candidates,
 )
-from peapod.evaluate.text_metrics import explanation_metrics
+from peapod.infer.predictor import EXPLANATION_DECODINGS, normalize_task
 from peapod.io import write_json_atomic
+from peapod.metrics.ranking import HISTORY_RULES, check_history_mode
+from peapod.metrics.text import explanation_metrics
 from peapod.runtime import share_cpu
 
 __all__ = [
@@ -214,16 +215,62 @@ def evaluate_run(
         setup = load_setup(path, data=data, device=device, decoder_history=decoder_history)
     elif decoder_history is not None and decoder_history != setup.predictor.decoder_history:
         raise ValueError(f"decoder_history {decoder_history} differs from the loaded setup's ({setup.predictor.decoder_history})")
+    settings = _settings(
+        setup, protocol, {"sequential": seq_decoding, "topn": topn_decoding, "explanation": exp_decoding},
+        max_users, seed, batch_size, history, truncate_references, split, bool(legacy_random_fill),
+    )
+    torch.manual_seed(settings.seeds[0])
+    result = _result_header(setup, settings, threads)
+    predictions: dict = {}
+    for task in task_list:
+        decoding = settings.decodings[task]
+        output = evaluate_task(
+            setup, task, decoding, split, settings.max_users, settings.batch_size, history=settings.history, progress=progress,
+        )
+        t_metrics = time.perf_counter()
+        if task == "explanation":
+            section, per_seed, beam = _explanation_section(setup, output, settings)
+        else:
+            section, per_seed, beam = _ranking_section(setup, output, task, settings)
+        wall = output.wall_seconds + (time.perf_counter() - t_metrics)
+        _add_section(result, task, section, output, per_seed, beam, wall, _candidates_text(setup, task, decoding))
+        if keep_predictions:
+            predictions[task] = {
+                "users": output.users, "targets": output.targets, "lists": output.lists, "ranks": output.ranks,
+                "hypotheses": output.hypotheses,
+            }
+    result["wall_seconds"]["load"] = round(setup.load_seconds, 3)
+    result["wall_seconds"]["total"] = round(time.perf_counter() - t_start + setup.load_seconds, 3)
+    if write:
+        target = Path(out) if out is not None else (setup.run_dir or setup.model_dir) / "metrics.json"
+        write_json_atomic(target, result)
+    if keep_predictions:
+        result = dict(result, predictions=predictions)
+    return result
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """An evaluation's resolved settings: the protocol's presets with the caller's overrides."""
+
+    protocol: str
+    decodings: dict[str, str]
+    max_users: int | None
+    seeds: list[int]
+    batch_size: int
+    history: str
+    truncate_references: int | None
+    split: str
+    legacy_random_fill: bool
+
+
+def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, truncate_references, split, fill) -> _Settings:
     cfg_eval = (setup.run_config or {}).get("eval", {})
     protocol = protocol or cfg_eval.get("protocol") or "rigorous"
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
     preset = PROTOCOLS[protocol]
-    decodings = {
-        "sequential": seq_decoding or preset["sequential"],
-        "topn": topn_decoding or preset["topn"],
-        "explanation": exp_decoding or preset["explanation"],
-    }
+    decodings = {task: decodings[task] or preset[task] for task in ("sequential", "topn", "explanation")}
     if decodings["sequential"] not in SEQ_DECODINGS:
         raise ValueError(f"unknown sequential decoding {decodings['sequential']!r}; choose {', '.join(SEQ_DECODINGS)}")
     if decodings["topn"] not in TOPN_DECODINGS:
@@ -246,15 +293,18 @@ def evaluate_run(
         truncate_references = preset["truncate_references"]
     if truncate_references is not None and int(truncate_references) <= 0:
         truncate_references = None
+    return _Settings(protocol, decodings, max_users, seeds, batch_size, history, truncate_references, split, fill)
 
-    torch.manual_seed(seeds[0])
+
+def _result_header(setup: EvalSetup, settings: _Settings, threads: dict) -> dict:
+    """metrics.json before its task sections: the protocol, the model, the data, the machine."""
     pred = setup.predictor
     model_cfg = pred.model.config
-    result: dict = {
+    return {
         "format": "peapod-metrics/1",
-        "protocol": protocol,
-        "split": split,
-        "seeds": seeds,
+        "protocol": settings.protocol,
+        "split": settings.split,
+        "seeds": settings.seeds,
         "indexing": pred.indexing,
         "variant": model_cfg.variant,
         "model": {
@@ -269,9 +319,9 @@ def evaluate_run(
         "invalid_output_rate": {},
         "users_evaluated": {},
         "wall_seconds": {},
-        "legacy_random_fill": bool(legacy_random_fill),
-        "max_users": max_users,
-        "batch_size": batch_size,
+        "legacy_random_fill": settings.legacy_random_fill,
+        "max_users": settings.max_users,
+        "batch_size": settings.batch_size,
         "max_history": pred.max_history,
         "decoder_history": pred.decoder_history,
         "peapod_version": peapod.__version__,
@@ -281,92 +331,85 @@ def evaluate_run(
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "tasks": {},
     }
-    predictions: dict = {}
-    for task in task_list:
-        decoding = decodings[task]
-        output = evaluate_task(setup, task, decoding, split, max_users, batch_size, history=history, progress=progress)
-        t_metrics = time.perf_counter()
-        section: dict = {"decoding": decoding}
-        if task == "explanation":
-            settings = EXPLANATION_DECODINGS[decoding]
-            section["generation"] = dict(settings)
-            if decoding == "legacy":
-                section["generation_note"] = (
-                    "published decoding: group beam search with 21 beams, 3 groups, diversity_penalty 0.0, "
-                    "min_length 10. With a zero penalty no diversity processor is added and the 3 groups of 7 beams "
-                    "are identical, so it is plain beam search with 7 beams (group beam search left transformers 5 core)"
-                )
-            section["references_truncated_to_tokens"] = truncate_references
-            metrics = _explanation_metrics(setup, output, truncate_references)
-            per_seed = {str(s): metrics for s in seeds}  # nothing seeded in text generation
-            beam = settings["num_beams"]
-            section["records"] = len(output.records)
-            section["distinct_users"] = len(set(output.users))
-            if "sacrebleu_signature" in output.extra:
-                section["sacrebleu_signature"] = output.extra["sacrebleu_signature"]
-            section["invalid_output"] = "empty generated text"
-        else:
-            fill = bool(legacy_random_fill) and output.lists is not None
-            per_seed = {str(s): ranking_task_metrics(output, s, fill, setup.dataset.n_items) for s in seeds}
-            beam = BEAM_SIZE if decoding in ("beam", "constrained") else None
-            if decoding in ("beam", "constrained"):
-                section["num_return_sequences"] = SEQ_LIST_LENGTH if task == "sequential" else TOPN_LIST_LENGTH
-                section["length_penalty"] = 1.0
-                section["max_new_tokens"] = pred.trie.max_length
-            if task == "sequential" and decoding == "full":
-                section["method"] = (
-                    f"exact top-{SEQ_LIST_LENGTH} of the full-catalogue log-likelihood ranking (best-first search); "
-                    f"ranks beyond {SEQ_LIST_LENGTH} are misses at every reported cut-off"
-                )
-            if task == "topn" and decoding == "score":
-                section["ties"] = "pessimistic (candidates scoring equal to the target rank above it)"
-            if pred.decoder_history:
-                section["decoder_history"] = (
-                    f"the user's last {pred.decoder_history} items before the target teacher-forced into the decoder; "
-                    f"step {pred.decoder_history} scores the items"
-                )
-            if task == "sequential":
-                section["history"] = history
-                section["history_rule"] = HISTORY_RULES[history]
-            section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (
-                "constrained beam that could not finish an allowed item" if decoding == "constrained" else "none possible"
-            )
-            section["legacy_random_fill"] = fill
-            section.update(output.extra)
-        mean, std = _summarize(per_seed)
-        invalid_rate = output.invalid / output.outputs if output.outputs else 0.0
-        wall = output.wall_seconds + (time.perf_counter() - t_metrics)
-        section.update({
-            "candidates": _candidates_text(setup, task, decoding),
-            "beam_size": beam,
-            "users": len(output.users),
-            "outputs": output.outputs,
-            "invalid_outputs": output.invalid,
-            "invalid_output_rate": invalid_rate,
-            "truncated_inputs": output.truncated_inputs,
-            "wall_seconds": round(wall, 3),
-            "users_per_second": round(len(output.users) / wall, 3) if wall > 0 else None,
-            "metrics": mean,
-            "metrics_std": std,
-            "per_seed": per_seed,
-        })
-        result["tasks"][task] = section
-        result["decoding"][task] = decoding
-        result["candidates"][task] = section["candidates"]
-        result["beam_size"][task] = beam
-        result["invalid_output_rate"][task] = invalid_rate
-        result["users_evaluated"][task] = len(output.users)
-        result["wall_seconds"][task] = round(wall, 3)
-        if keep_predictions:
-            predictions[task] = {
-                "users": output.users, "targets": output.targets, "lists": output.lists, "ranks": output.ranks,
-                "hypotheses": output.hypotheses,
-            }
-    result["wall_seconds"]["load"] = round(setup.load_seconds, 3)
-    result["wall_seconds"]["total"] = round(time.perf_counter() - t_start + setup.load_seconds, 3)
-    if write:
-        target = Path(out) if out is not None else (setup.run_dir or setup.model_dir) / "metrics.json"
-        write_json_atomic(target, result)
-    if keep_predictions:
-        result = dict(result, predictions=predictions)
-    return result
+
+
+def _explanation_section(setup: EvalSetup, output: TaskOutput, settings: _Settings) -> tuple[dict, dict, int]:
+    decoding = settings.decodings["explanation"]
+    generation = EXPLANATION_DECODINGS[decoding]
+    section: dict = {"decoding": decoding, "generation": dict(generation)}
+    if decoding == "legacy":
+        section["generation_note"] = (
+            "published decoding: group beam search with 21 beams, 3 groups, diversity_penalty 0.0, "
+            "min_length 10. With a zero penalty no diversity processor is added and the 3 groups of 7 beams "
+            "are identical, so it is plain beam search with 7 beams (group beam search left transformers 5 core)"
+        )
+    section["references_truncated_to_tokens"] = settings.truncate_references
+    metrics = _explanation_metrics(setup, output, settings.truncate_references)
+    per_seed = {str(s): metrics for s in settings.seeds}  # nothing seeded in text generation
+    section["records"] = len(output.records)
+    section["distinct_users"] = len(set(output.users))
+    if "sacrebleu_signature" in output.extra:
+        section["sacrebleu_signature"] = output.extra["sacrebleu_signature"]
+    section["invalid_output"] = "empty generated text"
+    return section, per_seed, generation["num_beams"]
+
+
+def _ranking_section(setup: EvalSetup, output: TaskOutput, task: str, settings: _Settings) -> tuple[dict, dict, int | None]:
+    pred = setup.predictor
+    decoding = settings.decodings[task]
+    section: dict = {"decoding": decoding}
+    fill = settings.legacy_random_fill and output.lists is not None
+    per_seed = {str(s): ranking_task_metrics(output, s, fill, setup.dataset.n_items) for s in settings.seeds}
+    beam = BEAM_SIZE if decoding in ("beam", "constrained") else None
+    if decoding in ("beam", "constrained"):
+        section["num_return_sequences"] = SEQ_LIST_LENGTH if task == "sequential" else TOPN_LIST_LENGTH
+        section["length_penalty"] = 1.0
+        section["max_new_tokens"] = pred.trie.max_length
+    if task == "sequential" and decoding == "full":
+        section["method"] = (
+            f"exact top-{SEQ_LIST_LENGTH} of the full-catalogue log-likelihood ranking (best-first search); "
+            f"ranks beyond {SEQ_LIST_LENGTH} are misses at every reported cut-off"
+        )
+    if task == "topn" and decoding == "score":
+        section["ties"] = "pessimistic (candidates scoring equal to the target rank above it)"
+    if pred.decoder_history:
+        section["decoder_history"] = (
+            f"the user's last {pred.decoder_history} items before the target teacher-forced into the decoder; "
+            f"step {pred.decoder_history} scores the items"
+        )
+    if task == "sequential":
+        section["history"] = settings.history
+        section["history_rule"] = HISTORY_RULES[settings.history]
+    section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (
+        "constrained beam that could not finish an allowed item" if decoding == "constrained" else "none possible"
+    )
+    section["legacy_random_fill"] = fill
+    section.update(output.extra)
+    return section, per_seed, beam
+
+
+def _add_section(result: dict, task: str, section: dict, output: TaskOutput, per_seed: dict, beam, wall: float, candidates: str) -> None:
+    """Complete a task's section (counts, timing, metrics over seeds) and file it in `result`."""
+    mean, std = _summarize(per_seed)
+    invalid_rate = output.invalid / output.outputs if output.outputs else 0.0
+    section.update({
+        "candidates": candidates,
+        "beam_size": beam,
+        "users": len(output.users),
+        "outputs": output.outputs,
+        "invalid_outputs": output.invalid,
+        "invalid_output_rate": invalid_rate,
+        "truncated_inputs": output.truncated_inputs,
+        "wall_seconds": round(wall, 3),
+        "users_per_second": round(len(output.users) / wall, 3) if wall > 0 else None,
+        "metrics": mean,
+        "metrics_std": std,
+        "per_seed": per_seed,
+    })
+    result["tasks"][task] = section
+    result["decoding"][task] = section["decoding"]
+    result["candidates"][task] = candidates
+    result["beam_size"][task] = beam
+    result["invalid_output_rate"][task] = invalid_rate
+    result["users_evaluated"][task] = len(output.users)
+    result["wall_seconds"][task] = round(wall, 3)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peapod.evaluate.metrics import percent_scale
+from peapod.metrics.ranking import percent_scale
 
 
 def _fmt(name: str, v: float, std: float | None, task: str) -> str:

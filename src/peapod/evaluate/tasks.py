@@ -20,13 +20,13 @@ from peapod.data.explanations import run_explanation_split
 from peapod.data.loaders import is_embedded, load_dataset
 from peapod.data.negatives import ensure_negatives, read_negatives
 from peapod.data.retrieval import ExplanationRetrieval
-from peapod.evaluate.inference import (
+from peapod.infer.predictor import (
     Predictor,
     Request,
     normalize_task,
     resolve_model_dir,
 )
-from peapod.evaluate.metrics import (
+from peapod.metrics.ranking import (
     PROTOCOL_HISTORY,
     metrics_from_ranked_lists,
     rank_of_target,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from peapod.evaluate.metrics import percent_scale
 from peapod.grid.spec import (
     BASELINES,
     INDEXING,
@@ -17,6 +16,7 @@ from peapod.grid.spec import (
     GridSpec,
 )
 from peapod.io import write_text_atomic
+from peapod.metrics.ranking import percent_scale
 
 
 def _value(result: dict, task: str, metric: str) -> float | None:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from peapod.data.dataset import Dataset
-from peapod.evaluate.inference import Predictor, Request, resolve_model_dir
+from peapod.infer.predictor import Predictor, Request, resolve_model_dir
 from peapod.serve.inputs import (
     MAX_CANDIDATES,
     MAX_HISTORY,

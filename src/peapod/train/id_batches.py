@@ -319,7 +319,7 @@ class IdTrainingData:
         the evaluation input form: the last max_history training
         items -> the validation item; top-n as the model reads it; held-out explanations. With
         `model.decoder_history` j (atomic items), the user's last j training items go into the decoder
-        before the validation item, as the evaluation hands them (`RequestInputsMixin.decoder_items`:
+        before the validation item, as the evaluation hands them (`Predictor.decoder_items`:
         sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
         t, m = self.cfg.train, self.cfg.model
         ds = self.ds

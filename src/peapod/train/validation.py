@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from peapod.metrics.ranking import ndcg_gains
 from peapod.train.id_batches import EncodedRows
 from peapod.train.samplers import Example
 
@@ -53,7 +54,7 @@ def scored_item_ndcg(scores: torch.Tensor, target: torch.Tensor, batch: dict, ra
     target_score = scores.gather(1, target[:, None])
     ranked = scores[:, columns]
     rank = (ranked > target_score).sum(1) + (ranked == target_score).sum(1) - 1
-    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
+    return torch.from_numpy(ndcg_gains(rank, k))
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """What inference is asked and answers: requests, encoded batches, beam results, model directories.
 
-Split out of `peapod.evaluate.inference` (which re-exports every name), so the `Predictor` module holds
+Split out of `peapod.infer.predictor` (which re-exports every name), so the `Predictor` module holds
 the model-facing code only.
 """
 

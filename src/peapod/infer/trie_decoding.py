@@ -1,4 +1,4 @@
-"""Generation against the item trie (`peapod.evaluate.trie.ItemTrie`): a transformers logits processor
+"""Generation against the item trie (`peapod.infer.trie.ItemTrie`): a transformers logits processor
 that allows only catalogue items, and the map from generated token rows back to items."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import LogitsProcessor
 
-from peapod.evaluate.trie import ItemTrie
+from peapod.infer.trie import ItemTrie
 
 
 class TrieLogitsProcessor(LogitsProcessor):

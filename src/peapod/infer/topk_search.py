@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from peapod.evaluate.prefix_scoring import PrefixTree
+from peapod.infer.prefix_scoring import PrefixTree
 
 __all__ = ["TreeChildren", "search_top_k"]
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from peapod.extras import require
 from peapod.train.config import RunConfig
 
 __all__ = ["DEMO_CONFIG", "DEMO_OUTPUTS", "DemoError", "demo_config", "run_demo"]
@@ -111,6 +112,33 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def show_example(setup, out: Path, echo: Callable[[str], None]) -> dict:
+    """One user's top-10 (history excluded) with an explanation of the first, and the first test
+    explanation's three sentences; echoed and written to example.json."""
+    from peapod.serve.recommender import Recommender
+
+    rec = Recommender(setup.predictor, setup.dataset, model_dir=setup.model_dir, run_dir=setup.run_dir, data_path=setup.data_path)
+    user = setup.dataset.user_ids[0]
+    items = rec.recommend(user, k=EXAMPLE_K, exclude_history=True)
+    explanation = rec.explain(user, items[0][0])
+    history = rec.user_history(user)
+    example = {"user": user, "history": history, "items": items, "explained_item": items[0][0], "explanation": explanation}
+    example["sentences"] = explanation_example(rec, setup.run_config)
+    (out / "example.json").write_text(json.dumps(example, indent=2) + "\n", encoding="utf-8")
+    echo("")
+    echo(f"top-{EXAMPLE_K} for user {user} ({len(history)} known items, last: {', '.join(history[-5:])}; history excluded):")
+    for i, (item, score) in enumerate(items):
+        echo(f"  {i + 1:>2}. item {item:<8} log-likelihood {score:.4f}")
+    echo(f"why item {items[0][0]}: {explanation}")
+    sentences = example["sentences"]
+    if sentences:
+        echo("")
+        echo(f"user {sentences['user']} on item {sentences['item']} (the first test explanation):")
+        for key in SENTENCE_KINDS:
+            echo(f"  {key + ':':<10} {sentences[key]}")
+    return example
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     *,
@@ -128,13 +156,13 @@ def run_demo(
     from peapod.data.loaders import describe_demo
     from peapod.evaluate.runner import evaluate_run, load_setup
     from peapod.report import compare_table, write_report
-    from peapod.serve.recommender import Recommender
     from peapod.train.trainer import train
 
     def say(line: str) -> None:
         if not quiet:
             echo(line)
 
+    require("matplotlib", "report", "the demo's report plots")  # before minutes of training, not after
     out = Path(out)
     prepare_out_dir(out, force)
     cfg = demo_config(quick)
@@ -171,26 +199,8 @@ def run_demo(
     echo(compare_table(results))
 
     t = time.perf_counter()
-    rec = Recommender(setup.predictor, setup.dataset, model_dir=setup.model_dir, run_dir=setup.run_dir, data_path=setup.data_path)
-    user = setup.dataset.user_ids[0]
-    items = rec.recommend(user, k=EXAMPLE_K, exclude_history=True)
-    explanation = rec.explain(user, items[0][0])
-    history = rec.user_history(user)
+    example = show_example(setup, out, echo)
     timings["example"] = time.perf_counter() - t
-    example = {"user": user, "history": history, "items": items, "explained_item": items[0][0], "explanation": explanation}
-    example["sentences"] = explanation_example(rec, setup.run_config)
-    (out / "example.json").write_text(json.dumps(example, indent=2) + "\n", encoding="utf-8")
-    echo("")
-    echo(f"top-{EXAMPLE_K} for user {user} ({len(history)} known items, last: {', '.join(history[-5:])}; history excluded):")
-    for i, (item, score) in enumerate(items):
-        echo(f"  {i + 1:>2}. item {item:<8} log-likelihood {score:.4f}")
-    echo(f"why item {items[0][0]}: {explanation}")
-    sentences = example["sentences"]
-    if sentences:
-        echo("")
-        echo(f"user {sentences['user']} on item {sentences['item']} (the first test explanation):")
-        for key in SENTENCE_KINDS:
-            echo(f"  {key + ':':<10} {sentences[key]}")
 
     timings["total"] = time.perf_counter() - t_all  # the report itself takes a second or two more
     notes = [
@@ -209,6 +219,6 @@ def run_demo(
     timings["total"] = time.perf_counter() - t_all
     echo("")
     echo(f"report: {paths['report']}  plots: {paths['training_curves']}, {paths['metrics']}")
-    echo(f"serve it: peapod serve {out}   |   peapod recommend {out} --user {user} --explain")
+    echo(f"serve it: peapod serve {out}   |   peapod recommend {out} --user {example['user']} --explain")
     echo(f"demo done in {timings['total']:.0f}s")
     return {"summary": summary, "results": results, "example": example, "paths": paths, "timings": timings}
