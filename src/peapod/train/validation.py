@@ -54,7 +54,7 @@ def scored_item_ndcg(scores: torch.Tensor, target: torch.Tensor, batch: dict, ra
     target_score = scores.gather(1, target[:, None])
     ranked = scores[:, columns]
     rank = (ranked > target_score).sum(1) + (ranked == target_score).sum(1) - 1
-    return torch.from_numpy(ndcg_gains(rank, k))
+    return torch.from_numpy(ndcg_gains(rank, k)).float()
 
 
 @torch.no_grad()
