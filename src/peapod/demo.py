@@ -53,7 +53,6 @@ SENTENCE_KINDS = ("generated", "retrieved", "real")
 def explanation_example(rec, run_config: dict | None) -> dict | None:
     """The first test explanation record: the model's sentence, the retrieval baseline's, and the real one
     (None when the data has no test explanations)."""
-    from peapod.data.explanations import run_explanation_split
     from peapod.data.retrieval import ExplanationRetrieval
 
     ds = rec.dataset
@@ -62,7 +61,7 @@ def explanation_example(rec, run_config: dict | None) -> dict | None:
         return None
     r = records[0]
     user, item = ds.user_ids[r.user], ds.item_ids[r.item]
-    retrieval = ExplanationRetrieval().fit(run_explanation_split(ds, run_config, 0))
+    retrieval = rec.predictor.retrieval or ExplanationRetrieval.for_run(ds, run_config)
     return {"user": user, "item": item, "generated": rec.explain(user, item), "retrieved": retrieval.explain(r.user, r.item)[0], "real": r.text}
 
 

@@ -28,7 +28,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from peapod.data.dataset import Explanation
+from peapod.data.dataset import Dataset, Explanation
+from peapod.data.explanations import run_explanation_split
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 Vector = dict[str, float]
@@ -60,6 +61,11 @@ class ExplanationRetrieval:
         self.user_profile: dict[int, Vector] = {}
         self.item_profile: dict[int, Vector] = {}
         self.global_best: int | None = None
+
+    @classmethod
+    def for_run(cls, ds: Dataset, run_config: dict | None) -> ExplanationRetrieval:
+        """Fitted on the training explanations of the run whose saved config is `run_config`."""
+        return cls().fit(run_explanation_split(ds, run_config, 0))
 
     def fit(self, train: Sequence[Explanation]) -> ExplanationRetrieval:
         self.records = list(train)

@@ -19,7 +19,6 @@ from peapod.data.dataset import Dataset, Explanation
 from peapod.data.explanations import run_explanation_split
 from peapod.data.loaders import is_embedded, load_dataset
 from peapod.data.negatives import ensure_negatives, read_negatives
-from peapod.data.retrieval import ExplanationRetrieval
 from peapod.infer.predictor import (
     Predictor,
     Request,
@@ -116,8 +115,7 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
         negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
     max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
     predictor = Predictor(bundle, device=device, max_history=max_history, decoder_history=decoder_history)
-    if bundle.model.config.explanation_context == "retrieved":
-        predictor.retrieval = ExplanationRetrieval().fit(run_explanation_split(ds, cfg, 0))
+    predictor.read_training_data(ds, cfg)
     return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
 
 

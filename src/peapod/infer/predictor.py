@@ -114,6 +114,12 @@ class Predictor:
         self._user_index: dict[str, int] | None = None
         self._item_index: dict[str, int] | None = None
 
+    def read_training_data(self, ds, run_config: dict | None) -> None:
+        """Take from the training data what the model's inputs need beyond the request: the explanation
+        retrieval for `explanation_context: retrieved` (fitted on the run's training explanations)."""
+        if self.model.config.explanation_context == "retrieved":
+            self.retrieval = ExplanationRetrieval.for_run(ds, run_config)
+
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> Predictor:
         """A predictor for a run directory or a model directory (see `resolve_model_dir`).

@@ -119,9 +119,7 @@ class Recommender:
             FileNotFoundError: no model at `path`. ValueError: no dataset can be determined, or it is
             not the one the model was trained on. DataError: unreadable data.
         """
-        from peapod.data.explanations import run_explanation_split
         from peapod.data.loaders import is_embedded, load_dataset
-        from peapod.data.retrieval import ExplanationRetrieval
 
         model_dir, run_dir, cfg = resolve_model_dir(path)
         kwargs = {} if max_history is None else {"max_history": int(max_history)}
@@ -141,8 +139,7 @@ class Recommender:
                     "pass data= (a P5 directory, a table, 'demo' or 'demo-toys')"
                 )
             ds = load_dataset(data_path)
-        if predictor.model.config.explanation_context == "retrieved":
-            predictor.retrieval = ExplanationRetrieval().fit(run_explanation_split(ds, cfg, 0))
+        predictor.read_training_data(ds, cfg)
         rec = cls(predictor, ds, model_dir=model_dir, run_dir=run_dir, data_path=data_path)
         if warm_up:
             rec.warm_up()
