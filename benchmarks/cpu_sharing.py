@@ -3,7 +3,7 @@
 
     python benchmarks/cpu_sharing.py --out benchmarks/results/cpu-sharing.json
 
-Each arm trains configs/tiny.yaml on the embedded demo-toys data for `--steps` steps and reports the
+Each arm trains the tiny recipe on the embedded demo-toys data for `--steps` steps and reports the
 median of the logged samples/s (the first logging window, which includes start-up, is left out). The
 competitor is a one-thread torch process doing matrix products for at most `--competitor-s` seconds.
 """
@@ -36,7 +36,7 @@ def train_speed(policy: str, steps: int) -> dict:
     env["PEAPOD_THREADS"] = policy
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "peapod.cli", "train", "-c", str(ROOT / "configs" / "tiny.yaml"), "--data", "demo-toys",
+        cmd = [sys.executable, "-m", "peapod.cli", "train", "-c", "tiny", "--data", "demo-toys",
                "--out", str(run), "-q", "--set", f"train.max_steps={steps}", "--set", "train.log_every=10",
                "--set", "train.checkpoint_every=100000", "--set", "train.val_max_users=20"]
         subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)

@@ -5,8 +5,8 @@ from scratch and is evaluated under the rigorous protocol (full-ranking sequenti
 the fixed 1+99 top-n candidates) on the test users. Results are appended, one JSON line per variant,
 to OUT/results.jsonl (command-free: the overrides and the resolved config say what ran).
 
-    python benchmarks/lever_sweep.py --config configs/laptop.yaml --data ../shared/data/toys \
-        --out runs/sweep --jobs 4 --variant base= --variant prefix=train.prompt_history=prefix
+    python benchmarks/lever_sweep.py --config laptop --data ../shared/data/toys \
+        --out runs/sweep --jobs 4 --variant base= --variant d256=model.backbone=cpu-small
 
 A variant is NAME=OVERRIDE[;OVERRIDE...] (an empty list is the base config itself).
 """
@@ -27,8 +27,8 @@ def _run_one(args: tuple) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    from peapod.config import load_config
     from peapod.evaluate.runner import evaluate_run
-    from peapod.train.config import load_config
     from peapod.train.trainer import train
 
     cfg = load_config(config, [f"data.path={data}", *overrides])

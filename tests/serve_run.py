@@ -1,7 +1,7 @@
 """The one tiny trained run that the serving tests share (test_serve*.py), and `peapod serve` started
 on it in a subprocess.
 
-configs/tiny.yaml on the embedded demo-toys data, 20 steps, trained once per test session.
+the tiny recipe on the embedded demo-toys data, 20 steps, trained once per test session.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory):
-    from peapod.train.config import load_config
+    from peapod.config import load_config
     from peapod.train.trainer import train
 
     cfg = load_config(
-        REPO / "configs" / "tiny.yaml",
+        "tiny",
         ["model.cf_iterations=3", "train.max_steps=20", "train.epochs=1", "train.val_max_users=30", "train.batch_size=8",
          "train.checkpoint_every=1000"],
     )

@@ -14,11 +14,11 @@ import yaml
 from typer.testing import CliRunner
 
 from peapod.cli import app
+from peapod.config import OLD_KEYS, RECIPES, ConfigError, RunConfig, load_config, saved_config
 from peapod.model.peapod import ModelConfig
-from peapod.train.config import ConfigError, RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
+TINY = "tiny"
 
 
 def _write_yaml(path: Path, obj) -> Path:
@@ -32,13 +32,13 @@ def test_defaults_validate_and_match_the_models():
     assert isinstance(cfg, RunConfig)
     assert cfg.data.path is None
     assert cfg.train.tasks == ["sequential", "topn", "explanation"]
-    assert cfg.train.schedule == "rotate"
+    assert cfg.objective.schedule == "rotate"
     assert cfg == RunConfig()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", RECIPES)
+def test_shipped_recipes_load_by_name(name):
+    cfg = load_config(name)
     assert cfg.train.epochs >= 1
     assert set(cfg.train.tasks) == {"sequential", "topn", "explanation"}
 
@@ -57,7 +57,7 @@ def test_set_values_are_parsed_as_yaml_scalars():
         [
             "train.lr=1e-3",  # YAML 1.1 reads this as a string; the float field must still get a float
             "train.batch_size=16",
-            "train.bf16=false",
+            "runtime.bf16=false",
             "train.max_steps=",  # empty -> null
             "train.tasks=[sequential, topn]",
             "eval.seeds=[1, 2, 3]",
@@ -67,7 +67,7 @@ def test_set_values_are_parsed_as_yaml_scalars():
     )
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(1e-3)
     assert cfg.train.batch_size == 16 and isinstance(cfg.train.batch_size, int)
-    assert cfg.train.bf16 is False
+    assert cfg.runtime.bf16 is False
     assert cfg.train.max_steps is None
     assert cfg.train.tasks == ["sequential", "topn"]
     assert cfg.eval.seeds == [1, 2, 3]
@@ -118,7 +118,7 @@ def test_set_parse_errors(tmp_path, item, message):
         (["train.lr=0"], "train.lr: Input should be greater than 0"),
         (["train.batch_size=abc"], "train.batch_size: Input should be a valid integer"),
         (["train.batch_size=2.5"], "train.batch_size: Input should be a valid integer"),
-        (["train.schedule=roundrobin"], "train.schedule: Input should be 'rotate' or 'mixed'"),
+        (["objective.kind=published", "objective.schedule=roundrobin"], "objective.schedule: Input should be 'rotate' or 'mixed'"),
         (["train.tasks=[sequential, rating]"], "train.tasks.1: Input should be 'sequential', 'topn' or 'explanation'"),
         (["model.variant=p6"], "model.variant: Input should be 'p5', 'pod' or 'peapod'"),
         (["data.explanation_val_fraction=1.0"], "data.explanation_val_fraction: Input should be less than 1"),
@@ -261,3 +261,86 @@ def test_resume_needs_a_run_with_a_checkpoint(tmp_path):
     result = _train("--resume", "--out", str(run))
     assert result.exit_code == 2
     assert "holds no checkpoint" in _one_error_line(result)
+
+
+# ---- the objective, recipes by name, configs saved before the objective ----------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_defaults_are_the_laptop_recipe_and_paper_is_the_published_objective():
+    assert load_config("laptop") == RunConfig()
+    cfg = RunConfig()
+    assert cfg.objective.kind == "dense" and cfg.index.strategy == "atomic" and cfg.model.item_init == "cf"
+    assert (cfg.objective.item_targets, cfg.objective.decoder_history) == (5, 1)
+    paper = load_config("paper")
+    assert paper.objective.kind == "published" and paper.index.strategy == "p5-sequential"
+    assert paper.model.backbone == "t5-small" and paper.model.n_neighbors == 20 and paper.train.lr == 5e-4
+    arch = paper.architecture()
+    assert (arch.topn_input, arch.item_targets, arch.history_order) == ("candidates", 1, "oldest-first")
+
+
+def test_a_recipe_name_is_read_from_the_package_and_a_file_of_that_name_wins(tmp_path, monkeypatch):
+    assert load_config("demo").data.path == "demo"
+    monkeypatch.chdir(tmp_path)
+    _write_yaml(tmp_path / "demo", {"data": {"path": "mine"}})
+    assert load_config("demo").data.path == "mine"
+    with pytest.raises(ConfigError, match="a YAML file, or a recipe: laptop, demo, tiny, paper"):
+        load_config("laptops")
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["index.strategy=p5-sequential", "model.item_init=random"], "objective dense (item tokens, k next items) needs index.strategy atomic"),
+        (["model.variant=p5"], "model.variant p5 needs objective.kind published"),
+        (["objective.kind=published", "index.strategy=random"], "model.item_init cf needs index.strategy atomic"),
+        (["model.cf_trainable=true"], "needs model.cf_trainable false"),
+        (["objective.decoder_history=5"], "objective.decoder_history 5 needs objective.item_targets > it"),
+        (["objective.kind=published", "objective.item_targets=3"], "objective.item_targets: unknown key"),
+        (["objective.kind=dense", "objective.topn_candidates=20"], "objective.topn_candidates: unknown key"),
+    ],
+)
+def test_a_half_of_each_objective_cannot_be_written(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert expected in str(e.value)
+
+
+def test_switching_the_objective_kind_drops_the_other_objectives_settings():
+    cfg = load_config("demo", ["objective.kind=published", "objective.topn_candidates=20"])
+    assert cfg.objective.kind == "published" and cfg.objective.topn_candidates == 20
+    assert load_config(None, ["objective.item_targets=3"]).objective.kind == "dense"  # the tag may be left out
+
+
+@pytest.mark.parametrize("key", sorted(OLD_KEYS))
+def test_an_old_key_in_a_config_of_today_names_its_new_place(key):
+    with pytest.raises(ConfigError, match=f"old key\\(s\\): {key} \\(now (objective|runtime)\\."):
+        load_config(None, [f"{key}=1"])
+
+
+@pytest.mark.parametrize("name, recipe", [("laptop", "laptop"), ("tiny", "tiny")])
+def test_configs_saved_before_the_objective_load_as_their_recipe(name, recipe):
+    # config.json of a run trained before `objective` existed (every key of its day, flat switches).
+    old = json.loads((FIXTURES / f"config_before_objective_{name}.json").read_text())
+    assert "objective" not in old and old["train"]["input_encoding"] in ("ids", "text")
+    now = saved_config(old)
+    assert now.data.path == old["data"]["path"]
+    assert now.model_dump() == load_config(recipe, [f"data.path={old['data']['path']}", *(["runtime.dropout_masks=bernoulli"] if name == "tiny" else [])]).model_dump()
+
+
+def test_an_old_config_keeps_the_defaults_it_was_written_against():
+    # A key the old config predates takes the default of then, not today's.
+    old = json.loads((FIXTURES / "config_before_objective_tiny.json").read_text())
+    del old["train"]["max_minutes"], old["model"]["dropout_masks"], old["index"]["strategy"]
+    now = saved_config(old)
+    assert now.train.max_minutes is None and now.runtime.dropout_masks == "bernoulli" and now.index.strategy == "p5-sequential"
+
+
+def test_an_old_config_that_mixes_the_objectives_is_one_clear_error(tmp_path):
+    old = json.loads((FIXTURES / "config_before_objective_laptop.json").read_text())
+    old["train"]["seq_positions"] = "one"  # an ablation of a switch the dense objective now fixes
+    with pytest.raises(ConfigError, match="mixes the two objectives' switches.*published train.seq_positions: one"):
+        saved_config(old)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(json.loads((FIXTURES / "config_before_objective_laptop.json").read_text())))
+    assert load_config(path, ["train.epochs=3"], saved=True).train.epochs == 3  # `peapod train --resume` reads it so

@@ -1,4 +1,4 @@
-"""Lever 9 of the CPU recipe: `model.decoder_history` (inference only).
+"""The dense objective's decoder history, `objective.decoder_history` (inference only).
 
 A decoder trained on the next m items teacher-forced learned, at step j, to predict the item after the
 j items it was handed, with the history before them in the encoder. With decoder_history j the
@@ -7,6 +7,7 @@ predictor asks exactly that question: the user's last j items go into the decode
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +15,26 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
 from peapod.evaluate.runner import evaluate_run
 from peapod.infer.predictor import Predictor, Request
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
-from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData, sequential_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-LAPTOP = ROOT / "configs" / "laptop.yaml"
+LAPTOP = "laptop"
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
-    "train.epochs=1", "train.max_minutes=null", "train.val_max_users=50", "model.item_targets=3",
+    "train.epochs=1", "train.max_minutes=null", "train.val_max_users=50", "objective.item_targets=3",
 ]
 
 
-def _bundle(demo, overrides):
+def _bundle(demo, overrides, **architecture):
     cfg = load_config(LAPTOP, SMALL + overrides)
     index = build_item_index(demo, "atomic")
     torch.manual_seed(0)
-    model, tok = build_model(cfg.architecture(), demo, index)
+    model, tok = build_model(replace(cfg.architecture(), **architecture), demo, index)
     return cfg, ModelBundle(model.eval(), tok, index, demo.user_ids, demo.item_ids)
 
 
@@ -49,13 +50,13 @@ def peapod(demo):
 
 def test_the_recipe_reads_one_history_item_in_the_decoder():
     cfg = load_config(LAPTOP)
-    assert cfg.model.decoder_history == 1 < cfg.model.item_targets
+    assert cfg.objective.decoder_history == 1 < cfg.objective.item_targets
     assert cfg.architecture().decoder_history == 1
 
 
 def test_decoder_history_needs_a_decoder_trained_on_more_items():
-    with pytest.raises(ConfigError, match="decoder_history 3 needs model.item_targets > it"):
-        load_config(LAPTOP, ["model.item_targets=3", "model.decoder_history=3"])
+    with pytest.raises(ConfigError, match="decoder_history 3 needs objective.item_targets > it"):
+        load_config(LAPTOP, ["objective.item_targets=3", "objective.decoder_history=3"])
     with pytest.raises(ValueError, match="decoder_history"):
         ModelConfig(item_targets=2, decoder_history=2)
     with pytest.raises(ValueError, match="decoder_history"):
@@ -113,8 +114,9 @@ def test_topn_reads_the_profile_and_refuses_without_one(demo, peapod):
 
 
 def test_a_candidate_reading_top_n_keeps_its_first_step(demo):
-    """Top-n trained on candidate lists has one target item: only the sequential task reads history there."""
-    cfg, bundle = _bundle(demo, ["model.topn_input=candidates", "train.topn_candidates=20"])
+    """Top-n trained on candidate lists has one target item: only the sequential task reads history there
+    (a model saved with the candidate-reading top-n that runs before the dense objective trained)."""
+    cfg, bundle = _bundle(demo, [], topn_input="candidates")
     predictor = Predictor(bundle, max_history=cfg.train.max_history, decoder_history=1)
     assert predictor.decoder_items(Request("topn", (1, 2, 3), user=0)) == ()
     assert predictor.decoder_items(Request("sequential", (1, 2, 3), user=0)) == (3,)
@@ -162,7 +164,7 @@ def test_evaluation_records_and_applies_the_override(demo, peapod, tmp_path):
     common = dict(tasks="seq,topn", protocol="rigorous", max_users=30, write=False, progress=False, data="demo", batch_size=16)
     plain = evaluate_run(tmp_path / "model", **common)
     read = evaluate_run(tmp_path / "model", decoder_history=2, **common)
-    assert plain["decoder_history"] == 1  # the model's own setting (configs/laptop.yaml)
+    assert plain["decoder_history"] == 1  # the model's own setting (the laptop recipe)
     assert read["decoder_history"] == 2
     assert "decoder_history" in read["tasks"]["topn"] and "step 2 scores" in read["tasks"]["sequential"]["decoder_history"]
     assert plain["tasks"]["topn"]["per_seed"] != read["tasks"]["topn"]["per_seed"] or plain["tasks"]["sequential"]["per_seed"] != read["tasks"]["sequential"]["per_seed"]
@@ -184,7 +186,7 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
 
     from peapod.train.validation import validation_losses
 
-    cfg, bundle = pod  # decoder_history 1 (configs/laptop.yaml), item_targets 3
+    cfg, bundle = pod  # decoder_history 1 (the laptop recipe), item_targets 3
     data = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg, bundle.model.config.max_whole_words)
     n = 24
     tables = data.validation([list(range(99))] * demo.n_users, [], max_users=n)
@@ -210,6 +212,6 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
     assert ndcg == pytest.approx(expected, abs=1e-6)
     assert all(np.isfinite(v) for v in losses.values())
     # Without decoder history the first step is read, as before.
-    cfg0 = load_config(LAPTOP, SMALL + ["model.variant=pod", "model.decoder_history=0"])
+    cfg0 = load_config(LAPTOP, SMALL + ["model.variant=pod", "objective.decoder_history=0"])
     plain = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg0, bundle.model.config.max_whole_words).validation([list(range(99))] * demo.n_users, [], max_users=n)
     assert plain["sequential"].score_step is None and plain["sequential"].labels.shape[1] == 1

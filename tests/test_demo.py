@@ -1,40 +1,26 @@
-"""`peapod demo`: the built-in config equals configs/demo.yaml (the laptop recipe's levers), --out safety, and a --quick run end to end."""
+"""`peapod demo`: its recipe is the laptop recipe sized for the demo data, --out safety, and a --quick run end to end."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
-import yaml
 from typer.testing import CliRunner
 
 from peapod.cli import app
+from peapod.config import load_config
 from peapod.data import load_dataset
-from peapod.demo import DEMO_CONFIG, DEMO_OUTPUTS, demo_config, prepare_out_dir
-from peapod.train.config import load_config
+from peapod.demo import DEMO_OUTPUTS, demo_config, prepare_out_dir
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-LEVERS = {
-    "index": ["strategy"],
-    "model": ["variant", "composer", "backbone", "topn_input", "item_targets", "item_init"],
-    "train": ["input_encoding", "seq_positions", "item_softmax", "select_by", "max_history"],
-}
-
-
-def test_builtin_config_equals_configs_demo_yaml_and_uses_the_laptop_levers():
-    path, laptop = REPO / "configs" / "demo.yaml", REPO / "configs" / "laptop.yaml"
-    if not path.is_file():
-        pytest.skip("configs/demo.yaml not in this checkout")
-    assert DEMO_CONFIG == yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert demo_config() == load_config(path)
-    recipe = load_config(laptop)
-    for section, keys in LEVERS.items():
-        for key in keys:
-            assert getattr(getattr(demo_config(), section), key) == getattr(getattr(recipe, section), key), f"{section}.{key}"
+def test_demo_recipe_is_the_laptop_recipe_sized_for_the_demo_data():
+    demo, laptop = demo_config(), load_config("laptop")
+    assert demo.data.path == "demo"
+    assert demo.objective.kind == laptop.objective.kind == "dense"  # the same objective: only sizes differ
+    for section in ("index", "model"):
+        for key in ("strategy",) if section == "index" else ("variant", "composer", "backbone", "item_init"):
+            assert getattr(getattr(demo, section), key) == getattr(getattr(laptop, section), key), f"{section}.{key}"
     quick = demo_config(quick=True)
     assert quick.train.max_steps and quick.data.path == "demo"
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from peapod.config import load_config
 from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
 from peapod.model.dropout import ChunkedDropout
 from peapod.model.peapod import build_model
 from peapod.model.text import TASK_IDS
-from peapod.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]
@@ -58,7 +58,7 @@ def test_a_model_with_chunked_masks_has_torchs_weights_and_outputs_but_no_torch_
     index = build_item_index(demo, "p5-sequential")
     built = {}
     for masks in ("bernoulli", "chunked"):
-        cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, f"model.dropout_masks={masks}", "model.dropout=0.2"])
+        cfg = load_config("tiny", [*SMALL, f"runtime.dropout_masks={masks}", "model.dropout=0.2"])
         built[masks], tok = build_model(cfg.architecture(), demo, index)
     ref, fast = built["bernoulli"], built["chunked"]
     swapped = [m for m in fast.modules() if isinstance(m, ChunkedDropout)]
@@ -81,14 +81,14 @@ def test_a_model_with_chunked_masks_has_torchs_weights_and_outputs_but_no_torch_
     torch.manual_seed(0)
     assert torch.equal(first, fast(**batch).loss)  # seeded: a run with chunked masks is reproducible
     with pytest.raises(Exception, match="dropout_masks"):
-        load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, "model.dropout_masks=fast"])
+        load_config("tiny", [*SMALL, "runtime.dropout_masks=fast"])
 
 
 @pytest.mark.parametrize("masks", ["bernoulli", "chunked"])
 def test_explanation_batches_train_at_their_own_dropout(masks):
     demo = load_dataset("demo")
     index = build_item_index(demo, "p5-sequential")
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*SMALL, f"model.dropout_masks={masks}", "model.dropout=0.3", "model.explanation_dropout=0.05"])
+    cfg = load_config("tiny", [*SMALL, f"runtime.dropout_masks={masks}", "model.dropout=0.3", "model.explanation_dropout=0.05"])
     model, _ = build_model(cfg.architecture(), demo, index)
 
     def rates() -> set[float]:

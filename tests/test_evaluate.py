@@ -4,7 +4,7 @@ Two models, both tiny and CPU-only:
 * `memorized`: a 12-user / 15-item synthetic dataset; the model is trained (a plain torch loop, no
   dropout, fixed inputs) on exactly the evaluation inputs until it reproduces every target, so the
   true item must come first under exact scoring, full-catalogue search and constrained beam search.
-* `run_dir`: one short trainer run on the embedded demo-toys data (configs/tiny.yaml, 20 steps), shared by the protocol,
+* `run_dir`: one short trainer run on the embedded demo-toys data (the tiny recipe, 20 steps), shared by the protocol,
   metrics-file and CLI tests.
 """
 
@@ -21,12 +21,11 @@ from typer.testing import CliRunner
 from peapod.cli import app
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index
-from peapod.data.negatives import sample_negatives
+from peapod.data.negatives import candidate_list, sample_negatives
 from peapod.evaluate.runner import (
     evaluate_run,
     load_setup,
     random_fill,
-    topn_candidates,
 )
 from peapod.evaluate.table import format_table
 from peapod.infer.predictor import Predictor, Request, resolve_model_dir
@@ -76,7 +75,7 @@ def memorized():
     for u in range(N_USERS):
         history, target = ds.history_and_target(u, "test")
         requests.append(Request("sequential", history, u))
-        requests.append(Request("topn", topn_candidates(target, negatives[u], u), u))
+        requests.append(Request("topn", candidate_list(target, negatives[u], u), u))
         targets += [target, target]
     # Train on exactly the evaluation inputs (the predictor writes them).
     enc = encode_inputs(tokenizer, [predictor.source_text(r) for r in requests], 256, config.max_whole_words)
@@ -106,7 +105,7 @@ def _requests(m, task):
     out, targets = [], []
     for u in range(N_USERS):
         history, target = ds.history_and_target(u, "test")
-        items = history if task == "sequential" else topn_candidates(target, negs[u], u)
+        items = history if task == "sequential" else candidate_list(target, negs[u], u)
         out.append(Request(task, items, u))
         targets.append(target)
     return out, targets
@@ -213,12 +212,12 @@ def test_random_fill_changes_only_invalid_entries():
 # ---- a short trainer run on the demo-toys data ----------------------------------------------------
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from peapod.train.config import load_config
+    from peapod.config import load_config
     from peapod.train.trainer import train
 
     out = tmp_path_factory.mktemp("evalrun") / "run"
     cfg = load_config(
-        "configs/tiny.yaml",
+        "tiny",
         ["train.max_steps=20", "train.epochs=1", "train.val_max_users=30", "train.batch_size=8",
          "model.cf_iterations=3", "eval.max_users=6"],
     )

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
@@ -17,7 +18,6 @@ from peapod.infer.requests import EXPLANATION_DECODINGS, Request
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, source_text
-from peapod.train.config import load_config
 from peapod.train.id_batches import IdTrainingData, explanation_rows
 from peapod.train.token_tables import context_tokens
 from peapod.train.trainer import explanation_contexts
@@ -33,7 +33,7 @@ def demo():
 @pytest.fixture(scope="module")
 def setup(demo):
     torch.manual_seed(0)
-    cfg = load_config("configs/demo.yaml", TINY_CONTEXT)
+    cfg = load_config("demo", TINY_CONTEXT)
     index = build_item_index(demo, "atomic")
     model, tok = build_model(cfg.architecture(), demo, index)
     train, val = split_explanations(demo, 0.1, 0)
@@ -114,7 +114,7 @@ def test_a_copying_model_trains_saves_and_loads(tmp_path, demo):
     from peapod.model.peapod import load_bundle, save_bundle
     from peapod.train.trainer import train
 
-    cfg = load_config("configs/demo.yaml", [*TINY_CONTEXT, "train.epochs=1", "train.max_steps=6", "train.batch_size=16",
+    cfg = load_config("demo", [*TINY_CONTEXT, "train.epochs=1", "train.max_steps=6", "train.batch_size=16",
                                              "train.val_max_users=16", "train.checkpoint_every=1000", "eval.max_users=8"])
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary["steps"] == 6

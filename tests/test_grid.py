@@ -12,6 +12,7 @@ import torch
 import yaml
 from train_runs import cli_env, peapod_cmd
 
+from peapod.config import RECIPES, load_config
 from peapod.grid import (
     POD_ANCHORS,
     Cell,
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_spec(tmp_path: Path, **changes) -> Path:
     spec = {
         "name": "t",
-        "config": str(ROOT / "configs" / "tiny.yaml"),
+        "config": "tiny",
         "datasets": {"demo": "demo"},
         "variants": ["pod", "popularity"],
         "protocols": ["legacy", "rigorous"],
@@ -51,7 +52,7 @@ def write_spec(tmp_path: Path, **changes) -> Path:
 def test_shipped_grid_specs_are_valid():
     for path in sorted((ROOT / "benchmarks" / "grids").glob("*.yaml")):
         spec = load_grid_spec(path)
-        assert (ROOT / spec.config).is_file(), path
+        load_config(spec.config if spec.config in RECIPES else ROOT / spec.config)  # a recipe, or a valid file
         assert plan_cells(spec)
 
 
@@ -184,12 +185,12 @@ def test_a_trained_run_is_re_read_only_under_its_own_configuration(tiny_grid, tm
     # a run from before a switch existed was trained as under its default: re-read at the default, refused otherwise
     saved = copy / "runs" / "demo__pod__rigorous__seed0" / "config.json"
     older = json.loads(saved.read_text())
-    del older["model"]["dropout_masks"]
+    del older["runtime"]["dropout_masks"]
     saved.write_text(json.dumps(older))
     assert run_grid(spec_path, copy, variants=["pod"], protocols=["rigorous"])[0]["training"] == first["training"]
     (copy / "cells" / "demo__pod__rigorous__seed0.json").unlink()
-    switched = write_spec(tmp_path, seeds={"legacy": [0], "rigorous": [0]}, set=["train.val_max_users=10", "model.dropout_masks=chunked"])
-    with pytest.raises(GridError, match=r"model.dropout_masks: trained 'bernoulli', cell 'chunked'"):
+    switched = write_spec(tmp_path, seeds={"legacy": [0], "rigorous": [0]}, set=["train.val_max_users=10", "runtime.dropout_masks=bernoulli"])
+    with pytest.raises(GridError, match=r"runtime.dropout_masks: trained 'chunked', cell 'bernoulli'"):
         run_grid(switched, copy, variants=["pod"], protocols=["rigorous"])
 
 
@@ -324,8 +325,8 @@ def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_shar
 
 
 def test_dataset_set_applies_to_one_dataset_and_an_ablation_lever_still_wins(tmp_path):
+    from peapod.config import load_config
     from peapod.grid import _generative_overrides
-    from peapod.train.config import load_config
 
     spec = load_grid_spec(write_spec(
         tmp_path, datasets={"demo": "demo", "other": "demo"}, dataset_set={"other": ["train.epochs=4"]},

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.model.peapod import build_model
-from peapod.train.config import load_config
 from peapod.train.id_batches import IdTrainingData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_i
 
 @pytest.fixture(scope="module")
 def model_and_batch():
-    cfg = load_config(ROOT / "configs" / "laptop.yaml", SMALL)
+    cfg = load_config("laptop", SMALL)
     ds = load_dataset("demo")
     index = build_item_index(ds, "atomic")
     torch.manual_seed(0)

@@ -1,8 +1,8 @@
-"""Levers 7 and 8 of the CPU recipe: newest-first histories and prefix prompts.
+"""Two parts of the dense objective: newest-first histories and prefix prompts.
 
-* `model.history_order: newest-first`: the id path and the inference text path write the history
+* `history_order: newest-first`: the id path and the inference text path write the history
   most recent item first, so the last item always has whole-word id 2.
-* `train.prompt_history: prefix`: a training example's user prompt is folded in from the items
+* `prompt_history: prefix`: a training example's user prompt is folded in from the items
   before its target, never from the target or later items.
 """
 
@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
+from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
 from peapod.data.indexing import user_text
 from peapod.infer.predictor import Predictor, Request
 from peapod.model.cf import fold_in, nearest_neighbors
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import encode_inputs, source_text
-from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData, TrainSequences, newest_first, sequential_rows, topn_rows
 from peapod.train.prefix_prompts import PrefixPrompts
 
 ROOT = Path(__file__).resolve().parents[1]
-LAPTOP = ROOT / "configs" / "laptop.yaml"
+LAPTOP = "laptop"
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=1", "train.max_minutes=null", "train.val_max_users=50",
@@ -41,11 +41,13 @@ def setup(demo):
     return cfg, index, model, tok, prompts
 
 
-def test_the_recipe_turns_both_levers_on():
+def test_the_dense_objective_holds_both_and_the_published_neither():
     cfg = load_config(LAPTOP)
-    assert cfg.model.history_order == "newest-first"
-    assert cfg.train.prompt_history == "prefix"
+    assert cfg.objective.history_order == "newest-first"
+    assert cfg.objective.prompt_history == "prefix"
     assert cfg.architecture().history_order == "newest-first"
+    paper = load_config("paper")
+    assert (paper.objective.history_order, paper.objective.prompt_history) == ("oldest-first", "full")
 
 
 def test_newest_first_reverses_each_row_and_keeps_padding():
@@ -121,12 +123,6 @@ def test_without_the_lever_rows_read_the_model_prompts(demo, setup):
     rows = sequential_rows(data.seqs, np.random.default_rng(1), cfg.train.max_history, 5, "all", 0.0, data.tables.generic_user)
     enc = data.encode(rows)
     assert enc.cf_query is None and "cf_query" not in enc.batch(np.arange(4), torch.device("cpu"))
-
-
-def test_prefix_prompts_and_newest_first_need_id_inputs():
-    for lever in ("train.prompt_history=prefix", "model.history_order=newest-first"):
-        with pytest.raises(ConfigError, match="needs train.input_encoding ids"):
-            load_config(None, [lever])
 
 
 def test_prefix_prompts_refuse_trainable_cf_vectors():

@@ -23,14 +23,14 @@ def fixed_run(out: Path) -> dict:
     """Train the recipe for 60 steps, evaluate it (rigorous, 64 users); every loss and metric."""
     import torch
 
+    from peapod.config import load_config
     from peapod.evaluate.runner import evaluate_run
-    from peapod.train.config import load_config
     from peapod.train.trainer import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = load_config(ROOT / "configs" / "laptop.yaml", OVERRIDES)
+        cfg = load_config("laptop", OVERRIDES)
         summary = train(cfg, out, quiet=True)
         metrics = evaluate_run(out, protocol="rigorous", max_users=64, progress=False, write=False, device="cpu")
     finally:

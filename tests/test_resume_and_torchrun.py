@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 from train_runs import TASKS, TINY, cli_env, free_port, leftovers, log_events, make_mini_p5, peapod_cmd, set_args
 
+from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.model.peapod import load_bundle
-from peapod.train.config import load_config
 from peapod.train.samplers import epoch_batches
 from peapod.train.trainer import train, weights_digest
 
@@ -42,9 +42,9 @@ RESUME_SETTINGS = set_args(
     "train.epochs=2",  # 20 batches an epoch on the 60-user data: the kills land on both sides of validation
     "train.checkpoint_every=4",
     "train.log_every=2",
-    "train.deterministic=true",
+    "runtime.deterministic=true",
     "train.val_max_users=16",
-    "train.topn_candidates=10",
+    "objective.topn_candidates=10",
     "train.max_input_length=128",
     "eval.batch_size=16",
 )
@@ -131,7 +131,7 @@ def test_max_steps_mid_epoch_still_leaves_a_resumable_checkpoint(mini, tmp_path)
     cfg = load_config(
         TINY,
         ["data.path=" + str(mini), "train.batch_size=8", "train.max_steps=3", "train.checkpoint_every=100",
-         "train.topn_candidates=10", "train.max_input_length=64", "train.val_max_users=8"],
+         "objective.topn_candidates=10", "train.max_input_length=64", "train.val_max_users=8"],
     )
     summary = train(cfg, tmp_path / "run", quiet=True)
     assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -144,9 +144,9 @@ def test_max_steps_mid_epoch_still_leaves_a_resumable_checkpoint(mini, tmp_path)
 
 
 def test_max_minutes_stops_after_the_step_that_crosses_the_budget_and_resume_respects_it(mini, tmp_path):
-    settings = ["data.path=" + str(mini), "train.batch_size=8", "train.checkpoint_every=100", "train.topn_candidates=10",
+    settings = ["data.path=" + str(mini), "train.batch_size=8", "train.checkpoint_every=100", "objective.topn_candidates=10",
                 "train.max_input_length=64", "train.val_max_users=8", "train.max_minutes=1e-6",  # 60 microseconds
-                "train.deterministic=true"]
+                "runtime.deterministic=true"]
     assert not torch.are_deterministic_algorithms_enabled()
     summary = train(load_config(TINY, settings), tmp_path / "run", quiet=True)
     assert not torch.are_deterministic_algorithms_enabled()  # a process-wide switch, restored after the run
@@ -194,7 +194,7 @@ def test_torchrun_two_ranks_on_cpu_stay_in_sync(mini, tmp_path):
         # One validation user: rank 1 has no sequential/top-n validation example at all, and of the 3
         # validation explanations rank 0 runs two batches, rank 1 one. Validation must not hang on that.
         "train.val_max_users=1",
-        "train.topn_candidates=10",
+        "objective.topn_candidates=10",
         "train.max_input_length=128",
         "eval.batch_size=1",
     ]
@@ -203,8 +203,8 @@ def test_torchrun_two_ranks_on_cpu_stay_in_sync(mini, tmp_path):
     ds = load_dataset(cfg.data.path)
     index = build_item_index(ds, cfg.index.strategy, cfg.index.seed)
     train_expl, val_expl = split_explanations(ds, cfg.data.explanation_val_fraction, cfg.train.seed)
-    plan = epoch_batches(ds, index, train_expl, cfg.train.tasks, 0, cfg.train.seed, cfg.train.batch_size, cfg.train.schedule,
-                         cfg.train.max_history, cfg.train.topn_candidates, cfg.train.user_dropout)
+    plan = epoch_batches(ds, index, train_expl, cfg.train.tasks, 0, cfg.train.seed, cfg.train.batch_size, cfg.objective.schedule,
+                         cfg.train.max_history, cfg.objective.topn_candidates, cfg.train.user_dropout)
     assert min(len(b) for b in plan) == 1 and len(val_expl) % 2 == 1
 
     run = tmp_path / "run"

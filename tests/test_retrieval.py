@@ -129,7 +129,7 @@ def test_grid_retrieval_cell(reviews_dir, tmp_path):
     from peapod.grid import Cell, grid_markdown, load_grid_spec, plan_cells, run_grid
 
     spec_path = tmp_path / "grid.yaml"
-    spec_path.write_text(yaml.safe_dump({"name": "r", "config": str(ROOT / "configs" / "tiny.yaml"),
+    spec_path.write_text(yaml.safe_dump({"name": "r", "config": "tiny",
                                          "datasets": {"fx": str(reviews_dir)}, "variants": ["retrieval"]}))
     spec = load_grid_spec(spec_path)
     assert plan_cells(spec) == [Cell("fx", "retrieval", "any", 0)]

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from train_runs import TINY, cli_env, log_events, make_mini_p5, peapod_cmd, set_args
 
+from peapod.config import load_config
 from peapod.data.dataset import DataError
 from peapod.rundir import LOCK_NAME, ResumeError, RunLocked, check_resume, data_identity, run_lock
-from peapod.train.config import load_config
 from peapod.train.trainer import train
 
 SHORT = ["train.batch_size=8", "train.epochs=1", "train.max_steps=3", "train.checkpoint_every=3", "train.val_max_users=8",
-         "train.topn_candidates=10", "train.max_input_length=128", "eval.batch_size=16", "model.cf_iterations=2"]
+         "objective.topn_candidates=10", "train.max_input_length=128", "eval.batch_size=16", "model.cf_iterations=2"]
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +119,30 @@ def test_resume_refuses_other_data(stopped_run, tmp_path, mini):
         check_resume(stopped_run / "checkpoint", record["config"], data_identity(ds))
 
 
-def test_a_key_newer_than_the_checkpoint_compares_as_its_default(tmp_path):
+def test_a_checkpoint_config_is_compared_in_todays_form(tmp_path):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir()
     old = {"model": {"dropout": 0.1}, "train": {"epochs": 1}}
     (ckpt / "run.json").write_text(json.dumps({"config": old, "data": None}))
     new = {"model": {"dropout": 0.1, "explanation_context": "none"}, "train": {"epochs": 2}}
-    defaults = {"model": {"dropout": 0.3, "explanation_context": "none"}, "train": {"epochs": 5}}
-    assert check_resume(ckpt, new, {}, defaults=defaults) == {"train.epochs": [1, 2]}
+
+    def current_form(saved: dict) -> dict:  # fills the key the checkpoint predates with its default
+        return {**saved, "model": {"explanation_context": "none", **saved["model"]}}
+
+    assert check_resume(ckpt, new, {}, current_form=current_form) == {"train.epochs": [1, 2]}
     with pytest.raises(ResumeError, match="model.explanation_context"):  # a new key set away from its default
-        check_resume(ckpt, {**new, "model": {"dropout": 0.1, "explanation_context": "retrieved"}}, {}, defaults=defaults)
-    with pytest.raises(ResumeError, match="model.explanation_context"):  # without defaults, missing is missing
+        check_resume(ckpt, {**new, "model": {"dropout": 0.1, "explanation_context": "retrieved"}}, {}, current_form=current_form)
+    with pytest.raises(ResumeError, match="model.explanation_context"):  # as saved, missing is missing
         check_resume(ckpt, new, {})
+
+
+def test_a_run_saved_before_the_objective_resumes_under_todays_config(tmp_path):
+    from peapod.config import load_config
+    from peapod.train.trainer import current_form
+
+    fixture = Path(__file__).parent / "fixtures" / "config_before_objective_laptop.json"
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "run.json").write_text(json.dumps({"config": json.loads(fixture.read_text()), "data": None}))
+    now = load_config("laptop", ["data.path=../shared/data/toys", "train.epochs=12"]).model_dump()
+    assert check_resume(ckpt, now, {}, current_form=current_form) == {"train.epochs": [10, 12]}

@@ -9,7 +9,6 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_a_run_summary_records_whether_subnormals_were_flushed(tmp_path):
     from peapod.cli import app
 
     # CliRunner calls the app, not main(): this process keeps subnormals, and the summary says so.
-    args = ["train", "-c", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"), "--data", "demo", "--out", str(tmp_path / "run"), "-q", "--set", "train.max_steps=1"]
+    args = ["train", "-c", "tiny", "--data", "demo", "--out", str(tmp_path / "run"), "-q", "--set", "train.max_steps=1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["subnormals_flushed"] is False

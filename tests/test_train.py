@@ -1,4 +1,4 @@
-"""Training: task samplers and schedules, and the `configs/tiny.yaml` acceptance run on the demo-toys data
+"""Training: task samplers and schedules, and the `the tiny recipe` acceptance run on the demo-toys data
 through the real `peapod train` command. Exact resume and torchrun: test_resume_and_torchrun.py.
 
 Subprocesses run with one math thread each: the machine has two cores.
@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file
 from train_runs import TASKS, TINY, cli_env, leftovers, log_events, peapod_cmd
 
+from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.model.peapod import load_bundle
 from peapod.model.text import GENERIC_USER
-from peapod.train.config import load_config
 from peapod.train.samplers import (
     epoch_batches,
     sample_negatives_for,
@@ -207,7 +207,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == 0.0
 
 
-# ---- the acceptance run: configs/tiny.yaml on the demo-toys data --------------------------------
+# ---- the acceptance run: the tiny recipe on the demo-toys data --------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny") / "run"

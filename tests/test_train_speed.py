@@ -12,10 +12,10 @@ from safetensors.torch import save_model
 from typer.testing import CliRunner
 
 from peapod.cli import app
+from peapod.config import load_config
 from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
-from peapod.train.config import load_config
 from peapod.train.speed import _load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,30 +23,26 @@ SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_i
 
 
 def test_bench_train_speed_times_both_arms_on_the_same_batches(tmp_path):
-    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32", "--set", "train.batch_grouping=random"]
+    laptop = ["--set", "data.path=demo", "--set", "model.backbone=tiny", "--set", "model.cf_dim=16", "--set", "model.cf_iterations=4", "--set", "train.batch_size=32"]
     out = tmp_path / "speed.json"
-    args = ["bench", "train-speed", "-c", str(ROOT / "configs" / "laptop.yaml"), *laptop, "--steps", "4", "--warmup", "1"]
-    result = CliRunner().invoke(app, [*args, "--compare", "model.dropout_masks=bernoulli", "--out", str(out)])
+    args = ["bench", "train-speed", "-c", "laptop", *laptop, "--steps", "4", "--warmup", "1"]
+    result = CliRunner().invoke(app, [*args, "--compare", "runtime.dropout_masks=bernoulli", "--out", str(out)])
     assert result.exit_code == 0, result.output
     got = json.loads(out.read_text())
-    assert list(got["arms"]) == ["config", "model.dropout_masks=bernoulli"]
+    assert list(got["arms"]) == ["config", "runtime.dropout_masks=bernoulli"]
     assert got["steps_timed"] == 4
     for arm in got["arms"].values():
         assert sum(arm["steps"].values()) == 4 and arm["total_seconds"] > 0
     assert got["arms"]["config"]["time_vs_first"] == 1.0
     assert got["subnormals_flushed"] is False  # CliRunner calls the app, not main()
-    assert "| model.dropout_masks=bernoulli |" in result.output
-    assert got["arms"]["model.dropout_masks=bernoulli"]["encoder_positions_vs_first"]["sequential"] == 1.0  # the same batches
-    grouped = CliRunner().invoke(app, [*args, "--steps", "2", "--compare", "train.batch_grouping=length", "--out", str(out)])
-    assert grouped.exit_code == 0, grouped.output
-    ratio = json.loads(out.read_text())["arms"]["train.batch_grouping=length"]["encoder_positions_vs_first"]["sequential"]
-    assert 0 < ratio < 0.9  # the same rows in batches of about one length: less padding
+    assert "| runtime.dropout_masks=bernoulli |" in result.output
+    assert got["arms"]["runtime.dropout_masks=bernoulli"]["encoder_positions_vs_first"]["sequential"] == 1.0  # the same batches
     changed = CliRunner().invoke(app, [*args, "--compare", "train.batch_size=16"])
     assert changed.exit_code == 2 and "the arms must train on the same batches" in changed.output
 
 
 def _tiny(*overrides):
-    cfg = load_config(ROOT / "configs" / "laptop.yaml", [*SMALL, *overrides])
+    cfg = load_config("laptop", [*SMALL, *overrides])
     ds = load_dataset("demo")
     return build_model(cfg.architecture(), ds, build_item_index(ds, "atomic"))[0]
 

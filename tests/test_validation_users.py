@@ -3,22 +3,20 @@ ones, or a fixed-seed uniform sample. The pure function, both validation paths, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
 from peapod.data.dataset import validation_users
 from peapod.data.explanations import split_explanations
 from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
-from peapod.train.config import ConfigError, load_config
 from peapod.train.id_batches import IdTrainingData
 from peapod.train.samplers import validation_examples
 from peapod.train.trainer import train
 
-LAPTOP = Path(__file__).resolve().parents[1] / "configs" / "laptop.yaml"
+LAPTOP = "laptop"
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
     "train.epochs=1", "train.max_steps=2", "train.max_minutes=null", "train.val_max_users=30", "train.checkpoint_every=1000",

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
+TINY = "tiny"
 TASKS = ["sequential", "topn", "explanation"]
 
 

@@ -24,7 +24,7 @@ app.add_typer(baseline_app, name="baseline")
 
 @app.command("train")
 def train_command(
-    config: str = typer.Option(None, "--config", "-c", help="YAML run configuration (configs/*.yaml)."),
+    config: str = typer.Option(None, "--config", "-c", help="A recipe (laptop, demo, tiny, paper) or a YAML run configuration."),
     data: str = typer.Option(None, "--data", help="P5 directory, interactions table, 'demo' or 'demo-toys'; overrides data.path."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory to write."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
@@ -34,8 +34,8 @@ def train_command(
     """Train a model (PeaPOD, POD or P5 variant) on three tasks. Works under torchrun for DDP."""
     from pathlib import Path
 
+    from peapod.config import ConfigError, load_config
     from peapod.rundir import LOCK_NAME, assert_unlocked
-    from peapod.train.config import ConfigError, load_config
 
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -56,7 +56,7 @@ def train_command(
         if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             fail(f"run directory {run_dir} is not empty; use --resume to continue it or choose another --out")
     try:
-        cfg = load_config(cfg_path, list(set_))
+        cfg = load_config(cfg_path, list(set_), saved=resume)
         if data:  # a path, taken as is (not parsed as YAML like --set values)
             cfg.data.path = data
     except ConfigError as e:
@@ -190,7 +190,7 @@ def evaluate_command(
     batch_size: int = typer.Option(None, "--batch-size", help="Requests per encoder pass (default: the run config's eval.batch_size)."),
     data: str = typer.Option(None, "--data", help="Dataset (P5 directory, table, 'demo' or 'demo-toys') for a model directory without a run config."),
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
-    decoder_history: int = typer.Option(None, "--decoder-history", help="History items teacher-forced into the decoder before the scored step (default: the model's model.decoder_history; exact scoring only)."),
+    decoder_history: int = typer.Option(None, "--decoder-history", help="History items teacher-forced into the decoder before the scored step (default: the model's objective.decoder_history; exact scoring only)."),
     out: str = typer.Option(None, "--out", "-o", help="Metrics file to write (default: RUN_DIR/metrics.json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -275,7 +275,7 @@ def demo(
     device: str = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     stats_only: bool = typer.Option(False, "--stats-only", help="Only print the dataset stats (no training)."),
 ) -> None:
-    """The whole path on the embedded demo data: dataset stats, training (the laptop recipe, configs/demo.yaml), evaluation under the
+    """The whole path on the embedded demo data: dataset stats, training (the laptop recipe sized for the demo data), evaluation under the
     legacy and rigorous protocols, one user's top-10 with an explanation, and a run report with plots."""
     from peapod.data.loaders import describe_demo
 

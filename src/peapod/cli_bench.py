@@ -56,7 +56,7 @@ def _emit_bench_result(result: dict, table: str, out: str | None) -> None:
 
 @bench_app.command("train-speed")
 def bench_train_speed(
-    config: str = typer.Option(..., "--config", "-c", help="YAML run configuration: the first arm."),
+    config: str = typer.Option(..., "--config", "-c", help="A recipe or a YAML run configuration: the first arm."),
     data: str = typer.Option(None, "--data", help="Dataset (overrides data.path of every arm)."),
     set_: list[str] = typer.Option([], "--set", help="Override for every arm: section.key=value (repeatable)."),
     compare: list[str] = typer.Option([], "--compare", help="The second arm: the first with these section.key=value overrides (repeatable)."),
@@ -73,7 +73,7 @@ def bench_train_speed(
         fail("--compare names the second arm's overrides (e.g. --compare model.dropout_masks=chunked)")
     import torch
 
-    from peapod.train.config import ConfigError, load_config
+    from peapod.config import ConfigError, load_config
     from peapod.train.speed import format_train_speed, time_training_steps
 
     try:

@@ -1,7 +1,6 @@
 """`peapod demo`: the whole path on the embedded demo data, with no outside files.
 
-Train the laptop recipe sized for the demo data (the settings of the repository's `configs/demo.yaml`,
-built in code so that the installed package does not need the repository), evaluate the three tasks under the legacy and the
+Train the laptop recipe sized for the demo data (the package's `demo` recipe), evaluate the three tasks under the legacy and the
 rigorous protocol on the first `eval_max_users` users, show one user's top-10 with an explanation,
 and write a run report (`report.md`, `training_curves.png`, `metrics.png`).
 """
@@ -14,27 +13,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from peapod.config import RunConfig, load_config
 from peapod.extras import require
-from peapod.train.config import RunConfig
 
-__all__ = ["DEMO_CONFIG", "DEMO_OUTPUTS", "DemoError", "demo_config", "run_demo"]
-
-#: The demo's configuration, equal to the repository's configs/demo.yaml (a test checks it): the
-#: laptop recipe (configs/laptop.yaml) sized for the demo data.
-DEMO_CONFIG: dict = {
-    "data": {"path": "demo"},
-    "index": {"strategy": "atomic"},
-    "model": {"variant": "peapod", "composer": "neighbors", "backbone": "cpu-d128", "n_neighbors": 10, "cf_dim": 32, "cf_iterations": 8, "topn_input": "user", "item_targets": 5, "item_init": "cf", "history_order": "newest-first", "decoder_history": 0, "dropout": 0.3},
-    "train": {"seed": 0, "lr": 0.003, "batch_size": 128, "epochs": 2, "patience": 3, "max_history": 20, "input_encoding": "ids", "seq_positions": "all", "item_softmax": "items", "prompt_history": "prefix", "select_by": "ndcg", "max_input_length": 64, "max_target_length": 48, "checkpoint_every": 200, "log_every": 10, "val_max_users": 500},
-    "eval": {"max_users": 500, "batch_size": 128},
-}
+__all__ = ["DEMO_OUTPUTS", "DemoError", "demo_config", "run_demo"]
 
 #: `--quick`: a few steps and few evaluated users, for tests and a first look (seconds, not minutes).
-QUICK_OVERRIDES: dict = {
-    "model": {"cf_iterations": 3},
-    "train": {"epochs": 1, "max_steps": 20, "batch_size": 8, "val_max_users": 30, "checkpoint_every": 1000},
-    "eval": {"max_users": 4, "batch_size": 4},
-}
+QUICK_OVERRIDES = [
+    "model.cf_iterations=3", "train.epochs=1", "train.max_steps=20", "train.batch_size=8", "train.val_max_users=30",
+    "train.checkpoint_every=1000", "eval.max_users=4", "eval.batch_size=4",
+]
 
 #: What a demo run writes; `--force` removes these (and nothing else) from a non-empty --out.
 DEMO_OUTPUTS = (
@@ -50,7 +38,7 @@ EXAMPLE_K = 10
 SENTENCE_KINDS = ("generated", "retrieved", "real")
 
 
-def explanation_example(rec, run_config: dict | None) -> dict | None:
+def explanation_example(rec, run_config: RunConfig) -> dict | None:
     """The first test explanation record: the model's sentence, the retrieval baseline's, and the real one
     (None when the data has no test explanations)."""
     from peapod.data.retrieval import ExplanationRetrieval
@@ -70,12 +58,8 @@ class DemoError(Exception):
 
 
 def demo_config(quick: bool = False) -> RunConfig:
-    """The demo's run configuration: DEMO_CONFIG, with QUICK_OVERRIDES when `quick`."""
-    raw = json.loads(json.dumps(DEMO_CONFIG))
-    if quick:
-        for section, values in QUICK_OVERRIDES.items():
-            raw.setdefault(section, {}).update(values)
-    return RunConfig.model_validate(raw)
+    """The demo's run configuration: the `demo` recipe, with QUICK_OVERRIDES when `quick`."""
+    return load_config("demo", QUICK_OVERRIDES if quick else [])
 
 
 def popularity_results(setup, max_users: int | None) -> dict:
@@ -166,7 +150,7 @@ def run_demo(
     prepare_out_dir(out, force)
     cfg = demo_config(quick)
     if device is not None:
-        cfg.train.device = device
+        cfg.runtime.device = device
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -203,7 +187,7 @@ def run_demo(
 
     timings["total"] = time.perf_counter() - t_all  # the report itself takes a second or two more
     notes = [
-        f"Embedded demo data ({setup.dataset.n_users} users, {setup.dataset.n_items} items); the laptop recipe (configs/laptop.yaml) "
+        f"Embedded demo data ({setup.dataset.n_users} users, {setup.dataset.n_items} items); the laptop recipe "
         "with a ~2M-parameter T5 (d_model 128) trained from scratch for two epochs on CPU.",
         f"Metrics over the first {max_users} test users (explanation: records) only, beside the most-popular baseline on the "
         "same users and candidates: a smoke test of the whole path, not numbers comparable with the papers.",

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -115,10 +116,10 @@ def flat_config(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume(directory: Path, config: dict, data: dict, fallback_config: Path | None = None, defaults: dict | None = None) -> dict[str, list]:
+def check_resume(directory: Path, config: dict, data: dict, fallback_config: Path | None = None, current_form: Callable[[dict], dict] | None = None) -> dict[str, list]:
     """Compare what a resume would run under with what checkpoint `directory` was trained under.
 
-    `defaults` (a config of default values) fills keys the checkpoint's config predates.
+    `current_form` turns the checkpoint's config into the form of today's (keys it predates filled in).
 
     Returns the allowed changes as {key: [checkpoint value, new value]}; raises `ResumeError` naming
     every other differing key, or the dataset, when they differ. A checkpoint written before `run.json`
@@ -131,9 +132,8 @@ def check_resume(directory: Path, config: dict, data: dict, fallback_config: Pat
         record = {"config": json.loads(fallback_config.read_text()), "data": None}
     else:
         raise ResumeError(f"{directory} records no configuration to resume under")
-    old, new = flat_config(record["config"]), flat_config(config)
-    if defaults is not None:
-        old = {**{k: v for k, v in flat_config(defaults).items() if k in new}, **old}
+    saved = record["config"] if current_form is None else current_form(record["config"])
+    old, new = flat_config(saved), flat_config(config)
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     refused = [k for k in differ if k not in RESUMABLE_CHANGES]
     if refused:

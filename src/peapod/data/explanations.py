@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from peapod.data.dataset import SPLITS, DataError, Dataset, Explanation
 from peapod.data.parsing import iter_json_records, iter_jsonl
+
+if TYPE_CHECKING:
+    from peapod.config import RunConfig
 
 # Share of the explanation records (beyond each user's and item's first) that go to train / val; rest is test.
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -167,10 +171,7 @@ def split_explanations(ds: Dataset, val_fraction: float, seed: int) -> tuple[lis
     return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
 
 
-def run_explanation_split(ds: Dataset, run_config: dict | None, part: int) -> list[Explanation]:
-    """`split_explanations` part 0 (train) or 1 (validation) as the run with saved config `run_config`
-    made it (its `data.explanation_val_fraction` and `train.seed`; the trainer's defaults without one)."""
-    cfg = run_config or {}
-    frac = float(cfg.get("data", {}).get("explanation_val_fraction", 0.1))
-    seed = int(cfg.get("train", {}).get("seed", 0))
-    return split_explanations(ds, frac, seed)[part]
+def run_explanation_split(ds: Dataset, run_config: RunConfig, part: int) -> list[Explanation]:
+    """`split_explanations` part 0 (train) or 1 (validation) as the run with config `run_config` made it
+    (its `data.explanation_val_fraction` and `train.seed`)."""
+    return split_explanations(ds, run_config.data.explanation_val_fraction, run_config.train.seed)[part]

@@ -7,6 +7,7 @@ evaluation run ranks the same candidates.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from peapod.data.parsing import decode_utf8
 from peapod.io import write_text_atomic
 
 DEFAULT_N = 99
+
+
+def candidate_list(target: int, negatives: Sequence[int], user: int) -> list[int]:
+    """A user's fixed top-n candidate list: the target and `negatives`, shuffled by `random.Random(user)`,
+    so that validation, evaluation and serving list a user's candidates in one order."""
+    cands = [target] + list(negatives)
+    random.Random(user).shuffle(cands)
+    return cands
 
 
 def sample_negatives(ds: Dataset, n: int = DEFAULT_N, seed: int = 0) -> list[list[int]]:

@@ -27,9 +27,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.explanations import run_explanation_split
+
+if TYPE_CHECKING:
+    from peapod.config import RunConfig
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 Vector = dict[str, float]
@@ -63,7 +67,7 @@ class ExplanationRetrieval:
         self.global_best: int | None = None
 
     @classmethod
-    def for_run(cls, ds: Dataset, run_config: dict | None) -> ExplanationRetrieval:
+    def for_run(cls, ds: Dataset, run_config: RunConfig) -> ExplanationRetrieval:
         """Fitted on the training explanations of the run whose saved config is `run_config`."""
         return cls().fit(run_explanation_split(ds, run_config, 0))
 

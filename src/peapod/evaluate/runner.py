@@ -74,7 +74,6 @@ from peapod.evaluate.tasks import (
     load_setup,
     random_fill,
     ranking_task_metrics,
-    topn_candidates,
 )
 from peapod.infer.predictor import EXPLANATION_DECODINGS, normalize_task
 from peapod.io import write_json_atomic
@@ -89,7 +88,6 @@ __all__ = [
     "evaluate_task",
     "load_setup",
     "random_fill",
-    "topn_candidates",
 ]
 
 _DEFAULT = object()
@@ -265,8 +263,8 @@ class _Settings:
 
 
 def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, truncate_references, split, fill) -> _Settings:
-    cfg_eval = (setup.run_config or {}).get("eval", {})
-    protocol = protocol or cfg_eval.get("protocol") or "rigorous"
+    cfg_eval = setup.run_config.eval
+    protocol = protocol or cfg_eval.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
     preset = PROTOCOLS[protocol]
@@ -278,14 +276,14 @@ def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, 
     if decodings["explanation"] not in EXPLANATION_DECODINGS:
         raise ValueError(f"unknown explanation decoding {decodings['explanation']!r}; choose {', '.join(EXPLANATION_DECODINGS)}")
     if max_users is _DEFAULT:
-        max_users = cfg_eval.get("max_users")
+        max_users = cfg_eval.max_users
     if max_users is not None:
         max_users = int(max_users)
         if max_users < 0:
             raise ValueError(f"max_users must be >= 0, got {max_users}")
         max_users = max_users or None
-    seeds = _parse_seeds(seed if seed is not None else cfg_eval.get("seeds"))
-    batch_size = int(batch_size or cfg_eval.get("batch_size") or 32)
+    seeds = _parse_seeds(seed if seed is not None else cfg_eval.seeds)
+    batch_size = int(batch_size or cfg_eval.batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     history = check_history_mode(history or preset["history"])

@@ -4,10 +4,8 @@ into metrics. The protocol presets and decoding names live here too."""
 
 from __future__ import annotations
 
-import random
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from peapod.config import RunConfig
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.explanations import run_explanation_split
 from peapod.data.loaders import is_embedded, load_dataset
-from peapod.data.negatives import ensure_negatives, read_negatives
+from peapod.data.negatives import candidate_list, ensure_negatives, read_negatives
 from peapod.infer.predictor import (
     Predictor,
     Request,
@@ -63,7 +62,7 @@ class EvalSetup:
     negatives_source: str
     model_dir: Path
     run_dir: Path | None
-    run_config: dict | None
+    run_config: RunConfig  # the run's, or the defaults for a bare model
     data_path: str
     load_seconds: float = 0.0
     _explanations: dict[str, list[Explanation]] = field(default_factory=dict)
@@ -89,11 +88,10 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
         dataset does not match the model; DataError: unreadable data.
     """
     t0 = time.perf_counter()
-    model_dir, run_dir, cfg = resolve_model_dir(path)
+    model_dir, run_dir, saved = resolve_model_dir(path)
+    cfg = saved or RunConfig()
     bundle = load_bundle(model_dir, device="cpu")
-    data_path = data
-    if data_path is None and cfg is not None:
-        data_path = cfg.get("data", {}).get("path")
+    data_path = data if data is not None else cfg.data.path
     if data_path is None and is_embedded(bundle.extra.get("dataset", "")):
         data_path = bundle.extra["dataset"]  # an embedded dataset is found by its name
     if data_path is None:
@@ -111,10 +109,9 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
     elif ds.negatives is not None:
         negatives, source = ds.negatives, f"dataset {data_path} (its own negative_samples.txt)"
     else:
-        seed = int((cfg or {}).get("data", {}).get("negatives_seed", 0))
+        seed = cfg.data.negatives_seed
         negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
-    max_history = int((cfg or {}).get("train", {}).get("max_history", 20))
-    predictor = Predictor(bundle, device=device, max_history=max_history, decoder_history=decoder_history)
+    predictor = Predictor(bundle, device=device, max_history=cfg.train.max_history, decoder_history=decoder_history)
     predictor.read_training_data(ds, cfg)
     return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
 
@@ -150,13 +147,6 @@ def _progress(total: int, desc: str, enabled: bool):
 def _batches(n: int, size: int):
     for s in range(0, n, size):
         yield s, min(n, s + size)
-
-
-def topn_candidates(target: int, negatives: Sequence[int], user: int) -> list[int]:
-    """The top-n input candidates of a user: target + negatives, shuffled with `random.Random(user)`."""
-    cands = [target] + list(negatives)
-    random.Random(user).shuffle(cands)
-    return cands
 
 
 def evaluate_task(
@@ -234,7 +224,7 @@ def evaluate_task(
                 out.invalid += res.invalid
                 out.outputs += res.total
         else:
-            cands = [topn_candidates(t, setup.negatives[u], u) for t, u in zip(targets, chunk)]
+            cands = [candidate_list(t, setup.negatives[u], u) for t, u in zip(targets, chunk)]
             t_enc = time.perf_counter()
             enc = pred.encode([Request("topn", c, u, profile=h) for c, u, h in zip(cands, chunk, histories)])
             out.encode_seconds += time.perf_counter() - t_enc

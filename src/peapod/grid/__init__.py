@@ -3,7 +3,7 @@
 A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
 
     name: cpu                          # the benchmarks/NOTEBOOK.md section and the default output folder
-    config: configs/cpu-small.yaml     # the run config every generative cell starts from
+    config: benchmarks/configs/cpu-small.yaml   # the recipe or run config every generative cell starts from
     datasets: {toys: ../shared/data/toys, beauty: ../shared/data/beauty}
     variants: [p5, pod, peapod-neighbors, peapod-pool, popularity, sasrec]   # also: retrieval
     protocols: [legacy, rigorous]
@@ -11,7 +11,7 @@ A grid is a YAML spec (`benchmarks/grids/*.yaml`, validated by pydantic):
     budget: {max_steps: 600, max_minutes: 30}   # per training run
     eval: {max_users: 1000, split: test}
     set: []                            # extra `section.key=value` overrides for generative runs
-    variant_set: {p5: [train.input_encoding=text]}   # overrides for one variant only
+    variant_set: {p5: [objective.kind=published]}   # overrides for one variant only
     dataset_set: {sports: [train.epochs=2]}          # overrides for one dataset (a variant's own win)
     sasrec: {loss: ce, epochs: 200, patience: 5}
 

@@ -103,7 +103,7 @@ def _metric_sections(result: dict) -> dict:
 
 
 # Settings a trained run is re-read under without retraining: inference only.
-_READ_ONLY = {"model.decoder_history"}
+_READ_ONLY = {"objective.decoder_history"}
 
 
 def check_trained_run(run_dir: Path, config: dict) -> None:
@@ -112,13 +112,13 @@ def check_trained_run(run_dir: Path, config: dict) -> None:
     path = run_dir / "config.json"
     if not path.is_file():
         raise GridError(f"{run_dir} has a summary.json but no config.json; move it away to retrain the cell")
-    from peapod.train.config import RunConfig
+    from peapod.config import ConfigError, saved_config
 
-    trained, wanted = flat_config(json.loads(path.read_text())), flat_config(config)
-    # A key the run's config lacks is a switch added since, whose default keeps the old behaviour:
-    # the run was trained as under that default.
-    defaults = flat_config(RunConfig().model_dump())
-    trained = {**{k: v for k, v in defaults.items() if k in wanted}, **trained}
+    try:  # in today's form: keys the run predates take the defaults it was trained under
+        trained = flat_config(saved_config(json.loads(path.read_text()), str(path)).model_dump())
+    except ConfigError as e:
+        raise GridError(f"{e}; move {run_dir} away to retrain the cell") from None
+    wanted = flat_config(config)
     differ = sorted(k for k in set(trained) & set(wanted) if not k.startswith("eval.") and k not in _READ_ONLY and trained[k] != wanted[k])
     if differ:
         shown = ", ".join(f"{k}: trained {trained[k]!r}, cell {wanted[k]!r}" for k in differ[:6])
@@ -126,9 +126,9 @@ def check_trained_run(run_dir: Path, config: dict) -> None:
 
 
 def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
+    from peapod.config import load_config
     from peapod.evaluate.runner import evaluate_run
     from peapod.train.checkpoint import checkpoint_exists
-    from peapod.train.config import load_config
     from peapod.train.trainer import train
 
     tasks = _dataset_tasks(spec.datasets[cell.dataset])
@@ -150,7 +150,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
         run_dir, tasks=tasks, protocol=cell.protocol, split=spec.eval.split, max_users=spec.eval.max_users,
         seed=cell.seed, legacy_random_fill=spec.eval.legacy_random_fill, batch_size=spec.eval.batch_size,
         progress=progress, out=run_dir / f"metrics-{cell.protocol}.json",
-        decoder_history=cfg.model.decoder_history,  # inference only: the cell's config, whatever the run was trained with
+        decoder_history=cfg.objective.decoder_history,  # inference only: the cell's config, whatever the run was trained with
     )
     return {
         "config": cfg.model_dump(),
@@ -187,8 +187,8 @@ def _run_retrieval(spec: GridSpec, cell: Cell, progress: bool) -> dict:
 def _run_baseline(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
     from peapod.baselines import SASRecConfig
     from peapod.baselines.run import baseline_negatives, evaluate_baseline, fit_baseline, load_sasrec, save_sasrec
+    from peapod.config import load_config
     from peapod.data import load_dataset
-    from peapod.train.config import load_config
 
     if cell.variant == "retrieval":
         return _run_retrieval(spec, cell, progress)

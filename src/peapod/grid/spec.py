@@ -96,7 +96,7 @@ class GridSpec(_Strict):
     eval: EvalSpec = EvalSpec()
     set: list[str] = []
     # Overrides for one generative variant only (applied before `set`): e.g. p5's text inputs in a grid
-    # whose config uses id inputs (`p5: [train.input_encoding=text, ...]`).
+    # whose config trains the dense objective (`p5: [objective.kind=published, ...]`).
     variant_set: dict[str, list[str]] = {}
     # Overrides for one dataset's generative cells, applied before the variant's own (so an ablation's
     # lever still wins): e.g. fewer epochs where a larger dataset would outrun the time budget.
@@ -161,7 +161,7 @@ class GridSpec(_Strict):
 
 
 def load_grid_spec(path: str | Path) -> GridSpec:
-    from peapod.train.config import read_yaml_mapping, validation_problems
+    from peapod.config import read_yaml_mapping, validation_problems
 
     raw = read_yaml_mapping(path, GridError, "grid spec")
     try:

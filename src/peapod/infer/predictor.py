@@ -32,6 +32,7 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
+from peapod.config import RunConfig
 from peapod.data.indexing import user_text
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.infer.prefix_scoring import PrefixTree, score_items_tree
@@ -114,7 +115,7 @@ class Predictor:
         self._user_index: dict[str, int] | None = None
         self._item_index: dict[str, int] | None = None
 
-    def read_training_data(self, ds, run_config: dict | None) -> None:
+    def read_training_data(self, ds, run_config: RunConfig) -> None:
         """Take from the training data what the model's inputs need beyond the request: the explanation
         retrieval for `explanation_context: retrieved` (fitted on the run's training explanations)."""
         if self.model.config.explanation_context == "retrieved":
@@ -128,7 +129,7 @@ class Predictor:
         """
         model_dir, _, cfg = resolve_model_dir(path)
         if cfg is not None and "max_history" not in kwargs:
-            kwargs["max_history"] = int(cfg.get("train", {}).get("max_history", 20))
+            kwargs["max_history"] = cfg.train.max_history
         return cls(load_bundle(model_dir, device="cpu"), device=device, **kwargs)
 
     # ---- facts about the model ----------------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from peapod.config import RunConfig, saved_config
+
 __all__ = ["EXPLANATION_DECODINGS", "BeamResult", "Encoded", "Request", "normalize_task", "resolve_model_dir"]
 
 _TASK_ALIASES = {
@@ -112,25 +114,28 @@ class BeamResult:
     total: int
 
 
-def resolve_model_dir(path: str | Path) -> tuple[Path, Path | None, dict | None]:
-    """(model directory, run directory or None, the run's resolved config or None).
+def resolve_model_dir(path: str | Path) -> tuple[Path, Path | None, RunConfig | None]:
+    """(model directory, run directory or None, the run's configuration or None).
 
     `path` is a run directory (its `best/` model is used) or a model directory (a run's `best/` or
-    `checkpoint/`, whose parent run directory is picked up when it has one, or a bare model).
+    `checkpoint/`, whose parent run directory is picked up when it has one, or a bare model). A run's
+    config.json is read in today's form (`peapod.config.saved_config`); ValueError when it cannot be.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
 
-    def run_config(d: Path) -> dict | None:
+    def run_config(d: Path) -> RunConfig | None:
         f = d / "config.json"
         if not f.is_file():
             return None
         try:
-            cfg = json.loads(f.read_text(encoding="utf-8"))
+            raw = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return cfg if isinstance(cfg, dict) and "data" in cfg and "train" in cfg else None
+        if not (isinstance(raw, dict) and "data" in raw and "train" in raw):
+            return None
+        return saved_config(raw, str(f))
 
     if (path / "model.safetensors").is_file():
         cfg = run_config(path.parent)

@@ -115,7 +115,7 @@ class ModelConfig:
             raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
         if self.decoder_history < 0 or (self.decoder_history and self.decoder_history >= self.item_targets):
             raise ValueError(
-                f"model.decoder_history must be 0 or in 1..model.item_targets - 1 ({self.item_targets - 1}), got {self.decoder_history}: "
+                f"decoder_history must be 0 or in 1..item_targets - 1 ({self.item_targets - 1}), got {self.decoder_history}: "
                 "the decoder only learned to read up to item_targets - 1 items before the one it scores"
             )
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from peapod.config import RunConfig
 from peapod.data.dataset import Dataset
 from peapod.infer.predictor import Predictor, Request, resolve_model_dir
 from peapod.serve.inputs import (
@@ -130,7 +131,7 @@ class Recommender:
         else:
             data_path = str(data) if data is not None else None
             if data_path is None and cfg is not None:
-                data_path = cfg.get("data", {}).get("path")
+                data_path = cfg.data.path
             if data_path is None and is_embedded(predictor.bundle.extra.get("dataset", "")):
                 data_path = predictor.bundle.extra["dataset"]  # an embedded dataset is found by its name
             if data_path is None:
@@ -139,7 +140,7 @@ class Recommender:
                     "pass data= (a P5 directory, a table, 'demo' or 'demo-toys')"
                 )
             ds = load_dataset(data_path)
-        predictor.read_training_data(ds, cfg)
+        predictor.read_training_data(ds, cfg or RunConfig())
         rec = cls(predictor, ds, model_dir=model_dir, run_dir=run_dir, data_path=data_path)
         if warm_up:
             rec.warm_up()

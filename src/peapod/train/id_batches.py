@@ -1,26 +1,26 @@
-"""Training and validation batches built as token ids (`train.input_encoding: ids`).
+"""Training and validation batches built as token ids (the dense objective's inputs, `peapod.config`).
 
 An epoch's examples are index arrays (user, input items, target items), drawn with numpy from a
 generator seeded by (seed, epoch, task), and encoded once per epoch through `TokenTables`; a batch
 is a slice of those matrices. Inputs are the bare evaluation form (`user items...`), so validation
 and test read exactly what training read. Levers, each a config switch:
 
-* `train.seq_positions`: `one` random position per user and epoch (a random contiguous history
+* `seq_positions`: `one` random position per user and epoch (a random contiguous history
   segment before it, as the text sampler), or `all` training positions (the last `max_history`
   items before each).
-* `model.item_targets` m: the decoder writes the next m training items teacher-forced (sequential),
+* `item_targets` m: the decoder writes the next m training items teacher-forced (sequential),
   or m of the user's training items in random order (candidate-free top-n); the first is the one
   evaluation scores. m = 1 keeps the text path's `item </s>` target.
-* `model.topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
+* `topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
   (no items in the input: the prompts carry the user).
-* `train.item_softmax: items`: item tasks normalize their loss over the item tokens only.
-* `train.prompt_history: prefix` (peapod): an item example's user prompt is built from the CF vector
+* `item_softmax: items`: item tasks normalize their loss over the item tokens only.
+* `prompt_history: prefix` (peapod): an item example's user prompt is built from the CF vector
   folded in from the training items before its target (and that vector's nearest other users), as a
   test user's prompt is built from the items before the test item. With `full`, every example reads
   the CF vector of all the user's training items, which holds the target itself: the model learns to
   read its targets back out of the prompt, which no test example allows (`PrefixPrompts`).
-* `model.history_order: newest-first`: sequential inputs list the history most recent item first.
-* `train.batch_grouping: length`: batches hold rows of about the same input length (`batch_order`).
+* `history_order: newest-first`: sequential inputs list the history most recent item first.
+* `batch_grouping: length`: batches hold rows of about the same input length (`batch_order`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
+from peapod.data.negatives import candidate_list
 from peapod.model.text import TASK_IDS
 from peapod.train.batch_order import batch_rows
 from peapod.train.prefix_prompts import PrefixPrompts
@@ -226,14 +227,14 @@ class IdTrainingData:
         self.ds, self.cfg, self.max_words, self.prompts = ds, cfg, max_words, prompts
         self.tables = TokenTables.build(tokenizer, index, ds.n_users)
         self.seqs = TrainSequences.from_dataset(ds)
-        self.user_items = [set(s) for s in ds.sequences] if cfg.model.topn_input == "candidates" else []
+        self.user_items = [set(s) for s in ds.sequences] if cfg.objective.topn_input == "candidates" else []
         self.explanations = explanations
         self.tokenizer = tokenizer
         self.sentences = sentence_labels(tokenizer, [e.text for e in explanations], cfg.train.max_target_length)
         self.contexts = None if contexts is None else context_tokens(tokenizer, contexts, cfg.train.max_input_length)
-        m = cfg.model.item_targets
+        m = cfg.objective.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
-        self.item_space = torch.from_numpy(space) if cfg.train.item_softmax == "items" else None
+        self.item_space = torch.from_numpy(space) if cfg.objective.item_softmax == "items" else None
         self._cached: tuple[int, IdEpoch] | None = None
 
     def encode(self, rows: TaskRows, sentences: np.ndarray | None = None, contexts: tuple[np.ndarray, np.ndarray] | None = None) -> EncodedRows:
@@ -241,7 +242,7 @@ class IdTrainingData:
         `sentences` and `contexts` (default the training records')."""
         t = self.cfg.train
         inputs = rows.inputs
-        if rows.task == "sequential" and self.cfg.model.history_order == "newest-first":
+        if rows.task == "sequential" and self.cfg.objective.history_order == "newest-first":
             inputs = newest_first(inputs)
         context = None
         if rows.task == "explanation":
@@ -253,7 +254,7 @@ class IdTrainingData:
             labels = (self.sentences if sentences is None else sentences)[rows.sentences]
             space = ranked = None
         else:
-            labels = self.tables.item_labels(rows.targets, eos=self.cfg.model.item_targets == 1)
+            labels = self.tables.item_labels(rows.targets, eos=self.cfg.objective.item_targets == 1)
             space = self.item_space
             # Ranking the first label token is the evaluation's ranking only when an item is one token.
             ranked = torch.from_numpy(self.tables.item_space) if self.tables.item_tokens.shape[1] == 1 else None
@@ -268,12 +269,12 @@ class IdTrainingData:
         )
 
     def task_rows(self, task: str, rng: np.random.Generator) -> TaskRows | None:
-        t, m, g = self.cfg.train, self.cfg.model, self.tables.generic_user
+        t, o, g = self.cfg.train, self.cfg.objective, self.tables.generic_user
         if task == "sequential":
-            return sequential_rows(self.seqs, rng, t.max_history, m.item_targets, t.seq_positions, t.user_dropout, g)
+            return sequential_rows(self.seqs, rng, t.max_history, o.item_targets, o.seq_positions, t.user_dropout, g)
         if task == "topn":
             return topn_rows(
-                self.seqs, self.user_items, self.ds.n_items, rng, m.topn_input, t.topn_candidates, m.item_targets, t.user_dropout, g,
+                self.seqs, self.user_items, self.ds.n_items, rng, o.topn_input, o.topn_candidates, o.item_targets, t.user_dropout, g,
                 prefix=self.prompts is not None,
             )
         if task == "explanation" and self.explanations:
@@ -283,7 +284,7 @@ class IdTrainingData:
     def epoch(self, epoch: int) -> IdEpoch:
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
-        t = self.cfg.train
+        t, o = self.cfg.train, self.cfg.objective
         tables = []
         for task in t.tasks:
             rows = self.task_rows(task, np.random.default_rng([t.seed, epoch, TASK_IDS[task]]))
@@ -291,15 +292,15 @@ class IdTrainingData:
                 tables.append((task, self.encode(rows)))
         rng = np.random.default_rng([t.seed, epoch, 99])
         plan, tasks = [], []
-        if t.schedule == "mixed" and tables:
+        if o.schedule == "mixed" and tables:
             table = concat_rows([e for _, e in tables])
-            for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, t.batch_grouping):
+            for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping):
                 plan.append((table, rows))
                 tasks.append("mixed")
         else:  # rotate: one task per batch, tasks take turns
             queues = []
             for task, table in tables:
-                batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, t.batch_grouping)
+                batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping)
                 queues.append([(task, table, rows) for rows in batches])
             for turn in range(max((len(q) for q in queues), default=0)):
                 for q in queues:
@@ -318,15 +319,15 @@ class IdTrainingData:
         """Fixed validation tables per task for `validation_users(n_users, max_users, users_sample)`, in
         the evaluation input form: the last max_history training
         items -> the validation item; top-n as the model reads it; held-out explanations. With
-        `model.decoder_history` j (atomic items), the user's last j training items go into the decoder
+        `objective.decoder_history` j (atomic items), the user's last j training items go into the decoder
         before the validation item, as the evaluation hands them (`Predictor.decoder_items`:
         sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
-        t, m = self.cfg.train, self.cfg.model
+        t, o = self.cfg.train, self.cfg.objective
         ds = self.ds
         users = np.array(validation_users(ds.n_users, max_users, users_sample), dtype=np.int64)
         val_items = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)
         stop = self.seqs.lengths[users]
-        j = m.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0
+        j = o.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0
         out = {}
         if "sequential" in t.tasks:
             steps = np.minimum(j, np.maximum(stop - 1, 0))
@@ -334,15 +335,11 @@ class IdTrainingData:
             hist = self.seqs.window(users, np.maximum(0, end - t.max_history), end, t.max_history)
             out["sequential"] = self._validation_table("sequential", users, hist, end, stop, steps, val_items, j)
         if "topn" in t.tasks:
-            if m.topn_input == "user":
+            if o.topn_input == "user":
                 inputs = np.zeros((len(users), 0), dtype=np.int64)
                 steps = np.minimum(j, stop)
             else:  # the decoder was trained on one item here: no history in it
-                rows = []
-                for u, target in zip(users.tolist(), val_items.tolist()):
-                    cands = [target] + list(negatives[u][: t.topn_candidates - 1])
-                    random.Random(u).shuffle(cands)  # as validation_examples and the evaluation do
-                    rows.append(cands)
+                rows = [candidate_list(t, negatives[u][: o.topn_candidates - 1], u) for u, t in zip(users.tolist(), val_items.tolist())]
                 inputs = np.array(rows, dtype=np.int64)
                 steps = np.zeros_like(stop)
             out["topn"] = self._validation_table("topn", users, inputs, stop - steps, stop, steps, val_items, j)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.indexing import ItemIndex, user_text
+from peapod.data.negatives import candidate_list
 from peapod.model.text import GENERIC_USER, TEMPLATES, eval_template, source_text
 
 
@@ -158,8 +159,7 @@ def validation_examples(
         history, target = ds.history_and_target(u, split)
         hist = [index.item_text(i) for i in history[-max_history:]]
         out["sequential"].append(Example("sequential", u, source_text("sequential", template, user_text(u), hist), index.item_text(target)))
-        cands = [target] + list(negatives[u][: None if topn_candidates is None else topn_candidates - 1])
-        random.Random(u).shuffle(cands)
+        cands = candidate_list(target, negatives[u][: None if topn_candidates is None else topn_candidates - 1], u)
         src = source_text("topn", template, user_text(u), [index.item_text(i) for i in cands])
         out["topn"].append(Example("topn", u, src, index.item_text(target)))
     out["explanation"] = explanation_examples(explanations_val, index, None, 0.0, template, contexts)

@@ -4,9 +4,8 @@
 once per arm (the same batches) and times full optimizer steps (forward, backward, gradient clip,
 AdamW) alternating the arms at every position, so that a noisy machine slows both alike. Reported:
 per arm and task, the median seconds per step, and each arm's time relative to the first arm's
-over the whole schedule slice measured. Arms that differ in `train.batch_grouping` cut the same rows
-into other batches, so each times its own first batches; for them the result also gives each arm's
-encoder positions over the whole epoch (rows times each batch's longest input), which is exact.
+over the whole schedule slice measured, and each arm's encoder positions over the whole epoch (rows
+times each batch's longest input), which is exact.
 """
 
 from __future__ import annotations
@@ -21,12 +20,12 @@ import torch
 from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
+from peapod.config import RunConfig
 from peapod.data import build_item_index
 from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.batch_order import padded_tokens
-from peapod.train.config import RunConfig
 from peapod.train.trainer import id_training_data
 
 
@@ -44,8 +43,8 @@ class _Arm:
 def _check_comparable(arms: dict[str, RunConfig]) -> RunConfig:
     first = next(iter(arms.values()))
     for name, cfg in arms.items():
-        if cfg.train.input_encoding != "ids":
-            raise ValueError(f"arm {name!r}: train-speed times the id pipeline (train.input_encoding: ids), got {cfg.train.input_encoding!r}")
+        if cfg.objective.input_encoding != "ids":
+            raise ValueError(f"arm {name!r}: train-speed times the dense objective's id pipeline, got objective {cfg.objective.kind!r}")
         for key in ("data.path", "index.strategy", "index.seed", "train.batch_size", "train.tasks"):
             section, field = key.split(".")
             if getattr(getattr(cfg, section), field) != getattr(getattr(first, section), field):

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from peapod.config import RunConfig, saved_config
 from peapod.data import build_item_index
 from peapod.data.dataset import Dataset
 from peapod.data.explanations import split_explanations
@@ -44,7 +45,6 @@ from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 from peapod.rundir import LOCK_NAME, check_resume, data_identity, run_lock
 from peapod.runtime import share_cpu, subnormals_flushed
 from peapod.train.checkpoint import load_checkpoint, save_checkpoint, tidy_run_directory
-from peapod.train.config import RunConfig
 from peapod.train.id_batches import IdTrainingData
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import Example, epoch_batches, validation_examples
@@ -130,9 +130,9 @@ def _lr_lambda(warmup: int, total: int):
 
 # ---- the loop -----------------------------------------------------------------------------------
 def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, explanations, contexts=None) -> IdTrainingData:
-    """The epoch planner of `train.input_encoding: ids`, with prefix prompts when the recipe asks for them."""
+    """The epoch planner of the dense objective's token-id inputs, with prefix prompts for a user prompt."""
     prompts = None
-    if cfg.train.prompt_history == "prefix" and model.config.has_user_prompt:
+    if cfg.objective.prompt_history == "prefix" and model.config.has_user_prompt:
         prompts = PrefixPrompts(
             model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
             with_neighbors=model.config.composer == "neighbors",
@@ -159,6 +159,11 @@ def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None 
             write_negatives(ds, ds.negatives, cache)
         return ds, ds.negatives
     return ds, ensure_negatives(ds, cache, seed=cfg.data.negatives_seed, write=write)
+
+
+def current_form(saved: dict) -> dict:
+    """A checkpoint's saved config in today's form, to compare a resume with."""
+    return saved_config(saved, "the checkpoint's config").model_dump()
 
 
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -215,14 +220,14 @@ class TrainingRun:
 
     def __init__(self, cfg: RunConfig, out_dir: Path, resume: bool):
         self.cfg, self.out_dir, self.resume = cfg, out_dir, resume
-        self.rank, self.world, self.device = _dist_setup(cfg.train.device)
+        self.rank, self.world, self.device = _dist_setup(cfg.runtime.device)
         self.main = self.rank == 0
         self.threads = share_cpu() if self.world == 1 else {"policy": "torchrun", "threads": torch.get_num_threads()}
         # Every RNG a checkpoint saves starts from the seed, so a fresh run is as reproducible as a resumed one.
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed)
-        if cfg.train.deterministic:
+        if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
         resumed_changes = self._open_run_directory()
         explanations = self._explanations()
@@ -246,7 +251,7 @@ class TrainingRun:
                 if not (self.ckpt / "trainer_state.json").is_file():
                     raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
                 resumed_changes = check_resume(
-                    self.ckpt, self.run_record["config"], self.run_record["data"], out_dir / "config.json", RunConfig().model_dump()
+                    self.ckpt, self.run_record["config"], self.run_record["data"], out_dir / "config.json", current_form
                 )
             write_json_atomic(out_dir / "config.json", cfg.model_dump())
         self.ds, self.negatives = prepare_data(cfg, out_dir, write=self.main, ds=ds)
@@ -281,12 +286,12 @@ class TrainingRun:
         cfg, ds, model = self.cfg, self.ds, self.model
         self.id_data = (
             id_training_data(cfg, model, ds, self.index, self.tokenizer, explanations_train, contexts_train)
-            if cfg.train.input_encoding == "ids" else None
+            if cfg.objective.input_encoding == "ids" else None
         )
         self.plan_args = dict(
             ds=ds, index=self.index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
-            batch_size=cfg.train.batch_size, schedule=cfg.train.schedule, max_history=cfg.train.max_history,
-            topn_candidates=cfg.train.topn_candidates, user_dropout=cfg.train.user_dropout, contexts=contexts_train,
+            batch_size=cfg.train.batch_size, schedule=cfg.objective.schedule, max_history=cfg.train.max_history,
+            topn_candidates=cfg.objective.topn_candidates, user_dropout=cfg.train.user_dropout, contexts=contexts_train,
         )
         self.batches_per_epoch = len(self.plan_epoch(0))
         self.total_steps = cfg.train.epochs * self.batches_per_epoch
@@ -306,10 +311,10 @@ class TrainingRun:
         else:
             val = validation_examples(
                 ds, self.index, cfg.model.variant, explanations_val, self.negatives, cfg.train.max_history, cfg.train.val_max_users,
-                topn_candidates=cfg.train.topn_candidates, users_sample=cfg.train.val_users, contexts=contexts_val,
+                topn_candidates=cfg.objective.topn_candidates, users_sample=cfg.train.val_users, contexts=contexts_val,
             )
         self.val_examples = {t: v for t, v in val.items() if t in cfg.train.tasks}
-        self.use_bf16 = cfg.train.bf16 and self.device.type == "cuda"
+        self.use_bf16 = cfg.runtime.bf16 and self.device.type == "cuda"
 
     def _open_logs(self, resumed_changes: dict | None) -> None:
         self.writer = None
@@ -418,7 +423,7 @@ class TrainingRun:
                 self.writer.add_scalar(f"val/{task}", v, epoch)
             self.writer.add_scalar("val/mean", mean_val, epoch)
         # Lower is better: the mean loss, or minus the mean NDCG@10 of the item tasks.
-        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.train.select_by == "ndcg" else mean_val
+        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.objective.select_by == "ndcg" else mean_val
         if criterion < state["best_val"]:
             state.update(best_val=criterion, best_epoch=epoch, bad_epochs=0)
             if self.main:

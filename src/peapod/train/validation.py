@@ -1,7 +1,7 @@
 """Validation during training: per-task loss and, for item tasks over atomic items, the NDCG@10 the
 evaluation would give the validation item (`train.select_by: ndcg` picks the best epoch by it).
 
-With `model.decoder_history` j > 0 a validation row's decoder is handed the user's last j training
+With `objective.decoder_history` j > 0 a validation row's decoder is handed the user's last j training
 items before the validation item (`IdTrainingData.validation`), and the row is read at step j, as
 the evaluation reads it (`EncodedRows.score_step`). Its loss is then the validation item's loss at
 that step alone, not the prefix items'."""
@@ -63,7 +63,7 @@ def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], c
     tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target.
 
     A task's examples are text `Example`s (made into a batch by `collate(examples)`) or an
-    `EncodedRows` table (`train.input_encoding: ids`)."""
+    `EncodedRows` table (the dense objective's token ids)."""
     model.eval()
     out, ndcg = {}, {}
     for task, exs in examples.items():
