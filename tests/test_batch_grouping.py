@@ -15,7 +15,7 @@ from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.model.peapod import build_model
 from peapod.train.batch_order import GROUP_WINDOW, batch_rows, padded_tokens
-from peapod.train.trainer import id_training_data
+from peapod.train.batches import id_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
-from peapod.evaluate.runner import evaluate_run
+from peapod.evaluate.protocol import evaluate_run
 from peapod.infer.predictor import Predictor, Request
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
 from peapod.train.id_batches import IdTrainingData, sequential_rows

@@ -22,11 +22,8 @@ from peapod.cli import app
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index
 from peapod.data.negatives import candidate_list, sample_negatives
-from peapod.evaluate.runner import (
-    evaluate_run,
-    load_setup,
-    random_fill,
-)
+from peapod.evaluate.protocol import evaluate_run
+from peapod.evaluate.tasks import load_setup, random_fill
 from peapod.evaluate.table import format_table
 from peapod.infer.predictor import Predictor, Request, resolve_model_dir
 from peapod.infer.prefix_scoring import PrefixTree
@@ -213,7 +210,7 @@ def test_random_fill_changes_only_invalid_entries():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from peapod.config import load_config
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     out = tmp_path_factory.mktemp("evalrun") / "run"
     cfg = load_config(

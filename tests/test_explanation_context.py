@@ -18,9 +18,9 @@ from peapod.infer.requests import EXPLANATION_DECODINGS, Request
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import TASK_IDS, encode_inputs, source_text
+from peapod.train.batches import explanation_contexts
 from peapod.train.id_batches import IdTrainingData, explanation_rows
 from peapod.train.token_tables import context_tokens
-from peapod.train.trainer import explanation_contexts
 
 TINY_CONTEXT = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=8", "model.cf_iterations=2", "model.explanation_context=retrieved"]
 
@@ -112,7 +112,7 @@ def test_evaluation_reads_the_retrieved_sentence_and_beams_copy_like_greedy(demo
 
 def test_a_copying_model_trains_saves_and_loads(tmp_path, demo):
     from peapod.model.peapod import load_bundle, save_bundle
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     cfg = load_config("demo", [*TINY_CONTEXT, "train.epochs=1", "train.max_steps=6", "train.batch_size=16",
                                              "train.val_max_users=16", "train.checkpoint_every=1000", "eval.max_users=8"])

@@ -21,8 +21,8 @@ from peapod.model.item_head import project_factors
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, source_text
 from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
+from peapod.train.loop import train
 from peapod.train.token_tables import TokenTables, sentence_labels
-from peapod.train.trainer import train
 from peapod.train.validation import scored_item_ndcg, scored_step
 
 ROOT = Path(__file__).resolve().parents[1]

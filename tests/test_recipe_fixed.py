@@ -24,8 +24,8 @@ def fixed_run(out: Path) -> dict:
     import torch
 
     from peapod.config import load_config
-    from peapod.evaluate.runner import evaluate_run
-    from peapod.train.trainer import train
+    from peapod.evaluate.protocol import evaluate_run
+    from peapod.train.loop import train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

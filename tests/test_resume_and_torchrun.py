@@ -27,8 +27,9 @@ from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.model.peapod import load_bundle
+from peapod.train.checkpoint import weights_digest
+from peapod.train.loop import train
 from peapod.train.samplers import epoch_batches
-from peapod.train.trainer import train, weights_digest
 
 
 @pytest.fixture(scope="module")

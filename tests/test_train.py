@@ -27,6 +27,8 @@ from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.model.peapod import load_bundle
 from peapod.model.text import GENERIC_USER
+from peapod.train.checkpoint import weights_digest
+from peapod.train.distributed import rank_share
 from peapod.train.samplers import (
     epoch_batches,
     sample_negatives_for,
@@ -34,7 +36,7 @@ from peapod.train.samplers import (
     topn_train,
     validation_examples,
 )
-from peapod.train.trainer import _lr_lambda, _shard, weights_digest
+from peapod.train.setup import linear_warmup_decay
 
 ITEM = re.compile(r"item_\d+")
 USER = re.compile(r"user_\d+")
@@ -196,13 +198,13 @@ def test_validation_examples_are_fixed_and_use_the_run_negatives(demo):
 
 def test_shard_splits_a_batch_and_leaves_no_rank_empty():
     batch = list(range(5))
-    assert sorted(_shard(batch, 0, 2) + _shard(batch, 1, 2)) == batch
-    assert _shard([7], 0, 2) == [7] and _shard([7], 1, 2) == [7]  # a 1-example final batch under 2 ranks
-    assert all(_shard([1, 2], r, 4) for r in range(4))
+    assert sorted(rank_share(batch, 0, 2) + rank_share(batch, 1, 2)) == batch
+    assert rank_share([7], 0, 2) == [7] and rank_share([7], 1, 2) == [7]  # a 1-example final batch under 2 ranks
+    assert all(rank_share([1, 2], r, 4) for r in range(4))
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = _lr_lambda(4, 20)
+    f = linear_warmup_decay(4, 20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == 0.0
 

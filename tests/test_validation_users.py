@@ -13,8 +13,8 @@ from peapod.data.explanations import split_explanations
 from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
 from peapod.train.id_batches import IdTrainingData
+from peapod.train.loop import train
 from peapod.train.samplers import validation_examples
-from peapod.train.trainer import train
 
 LAPTOP = "laptop"
 SMALL = [

@@ -71,7 +71,7 @@ def train_command(
 
     if cfg.model.backbone not in PRESETS and not Path(cfg.model.backbone).is_dir():
         fail(f"model.backbone {cfg.model.backbone!r} is neither a preset ({', '.join(PRESETS)}) nor a local directory")
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     summary = train(cfg, run_dir, resume=resume, quiet=quiet)
     if os.environ.get("RANK", "0") != "0":
@@ -195,12 +195,8 @@ def evaluate_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
-    from peapod.evaluate.runner import (
-        PROTOCOLS,
-        SEQ_DECODINGS,
-        TOPN_DECODINGS,
-        evaluate_run,
-    )
+    from peapod.evaluate.protocol import evaluate_run
+    from peapod.evaluate.tasks import PROTOCOLS, SEQ_DECODINGS, TOPN_DECODINGS
     from peapod.evaluate.table import format_table
     from peapod.infer.predictor import EXPLANATION_DECODINGS
     from peapod.metrics.ranking import HISTORY_MODES

@@ -127,9 +127,9 @@ def check_trained_run(run_dir: Path, config: dict) -> None:
 
 def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -> dict:
     from peapod.config import load_config
-    from peapod.evaluate.runner import evaluate_run
+    from peapod.evaluate.protocol import evaluate_run
     from peapod.train.checkpoint import checkpoint_exists
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     tasks = _dataset_tasks(spec.datasets[cell.dataset])
     overrides = _generative_overrides(spec, cell, tasks)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessorList
@@ -50,7 +49,7 @@ from peapod.infer.topk_search import TreeChildren, search_top_k
 from peapod.infer.trie import ItemTrie
 from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
 from peapod.metrics.ranking import mask_items
-from peapod.model.peapod import ModelBundle, load_bundle
+from peapod.model.peapod import ModelBundle
 from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
 
 __all__ = [
@@ -70,7 +69,7 @@ class Predictor:
         bundle: the model with its tokenizer, item index and id maps (`load_bundle`).
         device: where to run; default CUDA when available, else CPU.
         max_history: most recent history items written into a sequential input (the run's
-            `train.max_history`; `Predictor.load` reads it from the run directory).
+            `train.max_history`; `peapod.infer.run.open_run` reads it from the run directory).
         max_input_length: encoder token budget; longer inputs are cut and reported in
             `Encoded.truncated` (the default leaves room for 100 top-n candidates).
         decoder_history: j most recent items teacher-forced into the decoder before the scored step
@@ -120,17 +119,6 @@ class Predictor:
         retrieval for `explanation_context: retrieved` (fitted on the run's training explanations)."""
         if self.model.config.explanation_context == "retrieved":
             self.retrieval = ExplanationRetrieval.for_run(ds, run_config)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> Predictor:
-        """A predictor for a run directory or a model directory (see `resolve_model_dir`).
-
-        `max_history` defaults to the run's `train.max_history` when the run config is found.
-        """
-        model_dir, _, cfg = resolve_model_dir(path)
-        if cfg is not None and "max_history" not in kwargs:
-            kwargs["max_history"] = cfg.train.max_history
-        return cls(load_bundle(model_dir, device="cpu"), device=device, **kwargs)
 
     # ---- facts about the model ----------------------------------------------------------------
     @property

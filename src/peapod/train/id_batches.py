@@ -35,6 +35,7 @@ from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.negatives import candidate_list
 from peapod.model.text import TASK_IDS
 from peapod.train.batch_order import batch_rows
+from peapod.train.distributed import rank_share
 from peapod.train.prefix_prompts import PrefixPrompts
 from peapod.train.samplers import sample_negatives_for
 from peapod.train.sequences import TrainSequences
@@ -207,13 +208,9 @@ class IdEpoch:
         return self.tasks[position]
 
     def batch(self, position: int, rank: int, world: int, device: torch.device) -> tuple[dict, int]:
-        """(model inputs of this rank's share, global batch size). Ranks take rows rank::world; a batch
-        smaller than the world repeats a row so every rank joins the gradient all-reduce."""
+        """(model inputs of this rank's share (`rank_share`), global batch size)."""
         table, rows = self.plan[position]
-        mine = rows[rank::world]
-        if len(mine) == 0:
-            mine = rows[rank % len(rows) : rank % len(rows) + 1]
-        return table.batch(mine, device), len(rows)
+        return table.batch(rank_share(rows, rank, world), device), len(rows)
 
 
 class IdTrainingData:

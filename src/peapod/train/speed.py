@@ -26,7 +26,7 @@ from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.batch_order import padded_tokens
-from peapod.train.trainer import id_training_data
+from peapod.train.batches import id_training_data
 
 
 @dataclass

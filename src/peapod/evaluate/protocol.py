@@ -50,72 +50,37 @@ negative_samples.txt` so later evaluations reuse it.
 
 from __future__ import annotations
 
-import datetime as _dt
-import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import peapod
+from peapod.evaluate.record import (
+    EvalSettings,
+    add_section,
+    candidates_text,
+    explanation_section,
+    ranking_section,
+    result_header,
+)
 from peapod.evaluate.tasks import (
-    BEAM_SIZE,
     PROTOCOLS,
     SEQ_DECODINGS,
-    SEQ_LIST_LENGTH,
     TASK_ORDER,
     TOPN_DECODINGS,
-    TOPN_LIST_LENGTH,
     EvalSetup,
-    TaskOutput,
     evaluate_task,
     load_setup,
-    random_fill,
-    ranking_task_metrics,
 )
 from peapod.infer.predictor import EXPLANATION_DECODINGS, normalize_task
 from peapod.io import write_json_atomic
-from peapod.metrics.ranking import HISTORY_RULES, check_history_mode
-from peapod.metrics.text import explanation_metrics
+from peapod.metrics.ranking import check_history_mode
 from peapod.runtime import share_cpu
-
-__all__ = [
-    "PROTOCOLS",
-    "EvalSetup",
-    "evaluate_run",
-    "evaluate_task",
-    "load_setup",
-    "random_fill",
-]
 
 _DEFAULT = object()
 
-def _explanation_metrics(setup: EvalSetup, out: TaskOutput, truncate_references: int | None) -> dict:
-    refs = [r.text for r in out.records]
-    legacy_refs = refs
-    if truncate_references:
-        tok = setup.predictor.tokenizer
-        ids = tok(refs, add_special_tokens=True)["input_ids"]
-        legacy_refs = [t.strip() for t in tok.batch_decode([x[:truncate_references] for x in ids], skip_special_tokens=True)]
-    vocabulary = [e.feature for e in setup.dataset.explanations]
-    metrics, signature = explanation_metrics(refs, out.hypotheses, [r.feature for r in out.records], vocabulary, legacy_refs)
-    if signature is not None:
-        out.extra["sacrebleu_signature"] = signature
-    return metrics
 
-
-def _summarize(per_seed: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, float] | None]:
-    seeds = list(per_seed)
-    keys = list(per_seed[seeds[0]]) if seeds else []
-    mean = {k: float(statistics.fmean(per_seed[s][k] for s in seeds)) for k in keys}
-    if len(seeds) < 2:
-        return mean, None
-    return mean, {k: float(statistics.stdev(per_seed[s][k] for s in seeds)) for k in keys}
-
-
-# ---- the whole evaluation ---------------------------------------------------------------------
 def _parse_tasks(tasks) -> list[str]:
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t.strip()]
@@ -138,17 +103,6 @@ def _parse_seeds(seed) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"repeated seeds: {seeds}")
     return seeds
-
-
-def _candidates_text(setup: EvalSetup, task: str, decoding: str) -> str:
-    if task == "sequential":
-        if decoding == "beam":
-            return f"unconstrained generation (any text; catalogue has {setup.dataset.n_items} items)"
-        return f"full catalogue ({setup.dataset.n_items} items)"
-    if task == "topn":
-        k = len(setup.negatives[0]) if setup.negatives else 0
-        return f"1+{k} sampled, fixed file ({setup.negatives_source})"
-    return "none (text generation)"
 
 
 def evaluate_run(
@@ -218,7 +172,7 @@ def evaluate_run(
         max_users, seed, batch_size, history, truncate_references, split, bool(legacy_random_fill),
     )
     torch.manual_seed(settings.seeds[0])
-    result = _result_header(setup, settings, threads)
+    result = result_header(setup, settings, threads)
     predictions: dict = {}
     for task in task_list:
         decoding = settings.decodings[task]
@@ -227,11 +181,11 @@ def evaluate_run(
         )
         t_metrics = time.perf_counter()
         if task == "explanation":
-            section, per_seed, beam = _explanation_section(setup, output, settings)
+            section, per_seed, beam = explanation_section(setup, output, settings)
         else:
-            section, per_seed, beam = _ranking_section(setup, output, task, settings)
+            section, per_seed, beam = ranking_section(setup, output, task, settings)
         wall = output.wall_seconds + (time.perf_counter() - t_metrics)
-        _add_section(result, task, section, output, per_seed, beam, wall, _candidates_text(setup, task, decoding))
+        add_section(result, task, section, output, per_seed, beam, wall, candidates_text(setup, task, decoding))
         if keep_predictions:
             predictions[task] = {
                 "users": output.users, "targets": output.targets, "lists": output.lists, "ranks": output.ranks,
@@ -247,22 +201,7 @@ def evaluate_run(
     return result
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """An evaluation's resolved settings: the protocol's presets with the caller's overrides."""
-
-    protocol: str
-    decodings: dict[str, str]
-    max_users: int | None
-    seeds: list[int]
-    batch_size: int
-    history: str
-    truncate_references: int | None
-    split: str
-    legacy_random_fill: bool
-
-
-def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, truncate_references, split, fill) -> _Settings:
+def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, truncate_references, split, fill) -> EvalSettings:
     cfg_eval = setup.run_config.eval
     protocol = protocol or cfg_eval.protocol
     if protocol not in PROTOCOLS:
@@ -291,123 +230,4 @@ def _settings(setup, protocol, decodings, max_users, seed, batch_size, history, 
         truncate_references = preset["truncate_references"]
     if truncate_references is not None and int(truncate_references) <= 0:
         truncate_references = None
-    return _Settings(protocol, decodings, max_users, seeds, batch_size, history, truncate_references, split, fill)
-
-
-def _result_header(setup: EvalSetup, settings: _Settings, threads: dict) -> dict:
-    """metrics.json before its task sections: the protocol, the model, the data, the machine."""
-    pred = setup.predictor
-    model_cfg = pred.model.config
-    return {
-        "format": "peapod-metrics/1",
-        "protocol": settings.protocol,
-        "split": settings.split,
-        "seeds": settings.seeds,
-        "indexing": pred.indexing,
-        "variant": model_cfg.variant,
-        "model": {
-            "dir": str(setup.model_dir), "run_dir": str(setup.run_dir) if setup.run_dir else None,
-            "variant": model_cfg.variant, "composer": model_cfg.composer if model_cfg.has_user_prompt else None,
-            "backbone": model_cfg.backbone, "indexing": pred.indexing,
-        },
-        "dataset": {"name": setup.dataset.name, "path": setup.data_path, "users": setup.dataset.n_users, "items": setup.dataset.n_items},
-        "decoding": {},
-        "candidates": {},
-        "beam_size": {},
-        "invalid_output_rate": {},
-        "users_evaluated": {},
-        "wall_seconds": {},
-        "legacy_random_fill": settings.legacy_random_fill,
-        "max_users": settings.max_users,
-        "batch_size": settings.batch_size,
-        "max_history": pred.max_history,
-        "decoder_history": pred.decoder_history,
-        "peapod_version": peapod.__version__,
-        "torch_version": torch.__version__,
-        "device": str(pred.device),
-        "threads": threads,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "tasks": {},
-    }
-
-
-def _explanation_section(setup: EvalSetup, output: TaskOutput, settings: _Settings) -> tuple[dict, dict, int]:
-    decoding = settings.decodings["explanation"]
-    generation = EXPLANATION_DECODINGS[decoding]
-    section: dict = {"decoding": decoding, "generation": dict(generation)}
-    if decoding == "legacy":
-        section["generation_note"] = (
-            "published decoding: group beam search with 21 beams, 3 groups, diversity_penalty 0.0, "
-            "min_length 10. With a zero penalty no diversity processor is added and the 3 groups of 7 beams "
-            "are identical, so it is plain beam search with 7 beams (group beam search left transformers 5 core)"
-        )
-    section["references_truncated_to_tokens"] = settings.truncate_references
-    metrics = _explanation_metrics(setup, output, settings.truncate_references)
-    per_seed = {str(s): metrics for s in settings.seeds}  # nothing seeded in text generation
-    section["records"] = len(output.records)
-    section["distinct_users"] = len(set(output.users))
-    if "sacrebleu_signature" in output.extra:
-        section["sacrebleu_signature"] = output.extra["sacrebleu_signature"]
-    section["invalid_output"] = "empty generated text"
-    return section, per_seed, generation["num_beams"]
-
-
-def _ranking_section(setup: EvalSetup, output: TaskOutput, task: str, settings: _Settings) -> tuple[dict, dict, int | None]:
-    pred = setup.predictor
-    decoding = settings.decodings[task]
-    section: dict = {"decoding": decoding}
-    fill = settings.legacy_random_fill and output.lists is not None
-    per_seed = {str(s): ranking_task_metrics(output, s, fill, setup.dataset.n_items) for s in settings.seeds}
-    beam = BEAM_SIZE if decoding in ("beam", "constrained") else None
-    if decoding in ("beam", "constrained"):
-        section["num_return_sequences"] = SEQ_LIST_LENGTH if task == "sequential" else TOPN_LIST_LENGTH
-        section["length_penalty"] = 1.0
-        section["max_new_tokens"] = pred.trie.max_length
-    if task == "sequential" and decoding == "full":
-        section["method"] = (
-            f"exact top-{SEQ_LIST_LENGTH} of the full-catalogue log-likelihood ranking (best-first search); "
-            f"ranks beyond {SEQ_LIST_LENGTH} are misses at every reported cut-off"
-        )
-    if task == "topn" and decoding == "score":
-        section["ties"] = "pessimistic (candidates scoring equal to the target rank above it)"
-    if pred.decoder_history:
-        section["decoder_history"] = (
-            f"the user's last {pred.decoder_history} items before the target teacher-forced into the decoder; "
-            f"step {pred.decoder_history} scores the items"
-        )
-    if task == "sequential":
-        section["history"] = settings.history
-        section["history_rule"] = HISTORY_RULES[settings.history]
-    section["invalid_output"] = "generated text naming no catalogue item" if decoding == "beam" else (
-        "constrained beam that could not finish an allowed item" if decoding == "constrained" else "none possible"
-    )
-    section["legacy_random_fill"] = fill
-    section.update(output.extra)
-    return section, per_seed, beam
-
-
-def _add_section(result: dict, task: str, section: dict, output: TaskOutput, per_seed: dict, beam, wall: float, candidates: str) -> None:
-    """Complete a task's section (counts, timing, metrics over seeds) and file it in `result`."""
-    mean, std = _summarize(per_seed)
-    invalid_rate = output.invalid / output.outputs if output.outputs else 0.0
-    section.update({
-        "candidates": candidates,
-        "beam_size": beam,
-        "users": len(output.users),
-        "outputs": output.outputs,
-        "invalid_outputs": output.invalid,
-        "invalid_output_rate": invalid_rate,
-        "truncated_inputs": output.truncated_inputs,
-        "wall_seconds": round(wall, 3),
-        "users_per_second": round(len(output.users) / wall, 3) if wall > 0 else None,
-        "metrics": mean,
-        "metrics_std": std,
-        "per_seed": per_seed,
-    })
-    result["tasks"][task] = section
-    result["decoding"][task] = section["decoding"]
-    result["candidates"][task] = candidates
-    result["beam_size"][task] = beam
-    result["invalid_output_rate"][task] = invalid_rate
-    result["users_evaluated"][task] = len(output.users)
-    result["wall_seconds"][task] = round(wall, 3)
+    return EvalSettings(protocol, decodings, max_users, seeds, batch_size, history, truncate_references, split, fill)
