@@ -19,8 +19,9 @@ from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
 from peapod.evaluate.protocol import evaluate_run
 from peapod.infer.predictor import Predictor, Request
+from peapod.inputs.examples import sequential_rows
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
-from peapod.train.id_batches import IdTrainingData, sequential_rows
+from peapod.train.id_batches import IdTrainingData
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = "laptop"

@@ -13,9 +13,9 @@ from torch import nn
 from peapod.config import load_config
 from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
+from peapod.inputs.prompt import TASK_IDS
 from peapod.model.dropout import ChunkedDropout
 from peapod.model.peapod import build_model
-from peapod.model.text import TASK_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]

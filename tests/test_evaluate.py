@@ -23,13 +23,13 @@ from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index
 from peapod.data.negatives import candidate_list, sample_negatives
 from peapod.evaluate.protocol import evaluate_run
-from peapod.evaluate.tasks import load_setup, random_fill
 from peapod.evaluate.table import format_table
+from peapod.evaluate.tasks import load_setup, random_fill
 from peapod.infer.predictor import Predictor, Request, resolve_model_dir
 from peapod.infer.prefix_scoring import PrefixTree
+from peapod.inputs.prompt import TASK_IDS, encode_inputs, encode_targets
 from peapod.metrics.ranking import MISS
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model
-from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
 
 N_USERS, N_ITEMS, SEQ_LEN, N_NEG = 12, 15, 5, 6
 

@@ -15,12 +15,12 @@ from peapod.data.indexing import user_text
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.infer.predictor import Predictor
 from peapod.infer.requests import EXPLANATION_DECODINGS, Request
+from peapod.inputs.examples import explanation_rows
+from peapod.inputs.prompt import TASK_IDS, context_tokens, encode_inputs, source_text
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.peapod import ModelBundle, build_model
-from peapod.model.text import TASK_IDS, encode_inputs, source_text
 from peapod.train.batches import explanation_contexts
-from peapod.train.id_batches import IdTrainingData, explanation_rows
-from peapod.train.token_tables import context_tokens
+from peapod.train.id_batches import IdTrainingData
 
 TINY_CONTEXT = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=8", "model.cf_iterations=2", "model.explanation_context=retrieved"]
 

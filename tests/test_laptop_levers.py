@@ -13,16 +13,16 @@ import torch
 
 from peapod.config import load_config
 from peapod.data import build_item_index
+from peapod.data.cf import train_als
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
 from peapod.infer.predictor import Predictor, Request
-from peapod.model.cf import train_als
+from peapod.inputs.examples import TrainSequences, sequential_rows, topn_rows
+from peapod.inputs.prompt import GENERIC_USER, TokenTables, encode_inputs, encode_targets, sentence_labels, source_text
 from peapod.model.item_head import project_factors
 from peapod.model.peapod import ModelBundle, build_model
-from peapod.model.text import GENERIC_USER, encode_inputs, encode_targets, source_text
-from peapod.train.id_batches import IdEpoch, IdTrainingData, TrainSequences, sequential_rows, topn_rows
+from peapod.train.id_batches import IdEpoch, IdTrainingData
 from peapod.train.loop import train
-from peapod.train.token_tables import TokenTables, sentence_labels
 from peapod.train.validation import scored_item_ndcg, scored_step
 
 ROOT = Path(__file__).resolve().parents[1]

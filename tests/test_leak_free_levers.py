@@ -16,13 +16,14 @@ import torch
 
 from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
+from peapod.data.cf import fold_in, nearest_neighbors
 from peapod.data.indexing import user_text
 from peapod.infer.predictor import Predictor, Request
-from peapod.model.cf import fold_in, nearest_neighbors
+from peapod.inputs.examples import TrainSequences, newest_first, sequential_rows, topn_rows
+from peapod.inputs.owners import PrefixPrompts
+from peapod.inputs.prompt import encode_inputs, source_text
 from peapod.model.peapod import ModelBundle, build_model
-from peapod.model.text import encode_inputs, source_text
-from peapod.train.id_batches import IdTrainingData, TrainSequences, newest_first, sequential_rows, topn_rows
-from peapod.train.prefix_prompts import PrefixPrompts
+from peapod.train.id_batches import IdTrainingData
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = "laptop"

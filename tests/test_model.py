@@ -25,9 +25,9 @@ from model_fixtures import (
     no_grad_logits,
 )
 
+from peapod.inputs.prompt import TASK_IDS, encode_inputs, fill_template, whole_word_ids_for
 from peapod.model.composer import NeighborComposer, PoolComposer
 from peapod.model.peapod import ModelConfig, build_model
-from peapod.model.text import TASK_IDS, encode_inputs, fill_template, whole_word_ids_for
 
 # (variant, composer) -> (task-prompt length, user-prompt length)
 VARIANTS = {

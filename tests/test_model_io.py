@@ -12,8 +12,8 @@ import torch
 from model_fixtures import N_ITEMS, USERS, make_batch, model_config, no_grad_logits
 
 from peapod.data.indexing import user_text
+from peapod.inputs.tokenizer import template_corpus, train_tokenizer
 from peapod.model.peapod import ModelBundle, PeaPOD, build_model, load_bundle, save_bundle
-from peapod.model.text import template_corpus, train_tokenizer
 
 
 # ---- save / load ----------------------------------------------------------------------------

@@ -26,10 +26,10 @@ from train_runs import TASKS, TINY, cli_env, free_port, leftovers, log_events, m
 from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
+from peapod.inputs.examples import epoch_batches
 from peapod.model.peapod import load_bundle
 from peapod.train.checkpoint import weights_digest
 from peapod.train.loop import train
-from peapod.train.samplers import epoch_batches
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_grid_retrieval_cell(reviews_dir, tmp_path):
 
 
 def test_reference_tokenizer_cuts_legacy_references_only(tmp_path):
-    from peapod.model.text import train_tokenizer
+    from peapod.inputs.tokenizer import train_tokenizer
 
     tok = train_tokenizer([e.text for e in TRAIN] * 5, vocab_size=64)
     tok.save_pretrained(str(tmp_path / "best" / "tokenizer"))

@@ -25,17 +25,17 @@ from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
 from peapod.data.explanations import split_explanations
 from peapod.data.indexing import user_text
-from peapod.model.peapod import load_bundle
-from peapod.model.text import GENERIC_USER
-from peapod.train.checkpoint import weights_digest
-from peapod.train.distributed import rank_share
-from peapod.train.samplers import (
+from peapod.inputs.examples import (
     epoch_batches,
     sample_negatives_for,
     sequential_train,
     topn_train,
     validation_examples,
 )
+from peapod.inputs.prompt import GENERIC_USER
+from peapod.model.peapod import load_bundle
+from peapod.train.checkpoint import weights_digest
+from peapod.train.distributed import rank_share
 from peapod.train.setup import linear_warmup_decay
 
 ITEM = re.compile(r"item_\d+")

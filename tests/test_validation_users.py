@@ -10,11 +10,11 @@ from peapod.config import ConfigError, load_config
 from peapod.data import build_item_index
 from peapod.data.dataset import validation_users
 from peapod.data.explanations import split_explanations
+from peapod.inputs.examples import validation_examples
 from peapod.model.peapod import build_model
 from peapod.train import trainer as trainer_module
 from peapod.train.id_batches import IdTrainingData
 from peapod.train.loop import train
-from peapod.train.samplers import validation_examples
 
 LAPTOP = "laptop"
 SMALL = [

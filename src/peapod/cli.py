@@ -196,8 +196,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate a trained model on sequential, top-n and explanation tasks; write metrics.json and print a table."""
     from peapod.evaluate.protocol import evaluate_run
-    from peapod.evaluate.tasks import PROTOCOLS, SEQ_DECODINGS, TOPN_DECODINGS
     from peapod.evaluate.table import format_table
+    from peapod.evaluate.tasks import PROTOCOLS, SEQ_DECODINGS, TOPN_DECODINGS
     from peapod.infer.predictor import EXPLANATION_DECODINGS
     from peapod.metrics.ranking import HISTORY_MODES
 

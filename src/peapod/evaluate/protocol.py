@@ -25,7 +25,7 @@ rate) are computed under both protocols; the protocol decides decoding and refer
 
 Details that matter for comparability:
 
-* Inputs are the evaluation form used for validation during training (`train.samplers.
+* Inputs are the evaluation form used for validation during training (`inputs.examples.
   validation_examples`): the bare template (template 0 for p5), the last `train.max_history` history
   items, and the top-n candidates (target + the user's fixed negatives) shuffled with
   `random.Random(user)`, so every evaluation of a run sees the same candidate order.

@@ -3,7 +3,7 @@
 A `Predictor` wraps a `ModelBundle` and answers batches of `Request`s, each one (task, user, items):
 
 * `encode(requests)` writes every request's encoder text in the evaluation form (the bare template for
-  pod/peapod, template 0 for p5; see `peapod.model.text.eval_template`), tokenizes the batch and runs
+  pod/peapod, template 0 for p5; see `peapod.inputs.prompt.eval_template`), tokenizes the batch and runs
   the encoder **once**. Every other method accepts either a list of requests or that `Encoded` batch,
   so one encoder pass can feed several decoders.
 * users: `Request.user` is a training user's internal index; `None` is a user the model never saw.
@@ -48,9 +48,9 @@ from peapod.infer.scoring import item_token_matrix, score_all_items, score_candi
 from peapod.infer.topk_search import TreeChildren, search_top_k
 from peapod.infer.trie import ItemTrie
 from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
+from peapod.inputs.prompt import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
 from peapod.metrics.ranking import mask_items
 from peapod.model.peapod import ModelBundle
-from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
 
 __all__ = [
     "EXPLANATION_DECODINGS",

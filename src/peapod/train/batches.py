@@ -8,11 +8,11 @@ import torch
 from peapod.config import RunConfig
 from peapod.data.dataset import Dataset
 from peapod.data.retrieval import ExplanationRetrieval
-from peapod.model.text import TASK_IDS, encode_inputs, encode_targets
+from peapod.inputs.examples import Example
+from peapod.inputs.owners import PrefixPrompts
+from peapod.inputs.prompt import TASK_IDS, encode_inputs, encode_targets
 from peapod.train.distributed import rank_share
 from peapod.train.id_batches import IdTrainingData
-from peapod.train.prefix_prompts import PrefixPrompts
-from peapod.train.samplers import Example
 
 
 def collate(examples: list[Example], tokenizer, cfg: RunConfig, max_words: int, device: torch.device) -> dict:

@@ -1,31 +1,26 @@
-"""Training and validation batches built as token ids (the dense objective's inputs, `peapod.config`).
+"""Training and validation batches of the dense objective (`peapod.config`), built as token ids.
 
-An epoch's examples are index arrays (user, input items, target items), drawn with numpy from a
-generator seeded by (seed, epoch, task), and encoded once per epoch through `TokenTables`; a batch
-is a slice of those matrices. Inputs are the bare evaluation form (`user items...`), so validation
-and test read exactly what training read. Levers, each a config switch:
+An epoch's examples are rows of internal indices (`peapod.inputs.examples`: user, input items, target
+items), drawn with numpy from a generator seeded by (seed, epoch, task), and encoded once per epoch
+through `TokenTables`; a batch is a slice of those matrices. Inputs are the bare evaluation form
+(`user items...`), so validation and test read exactly what training read. The objective's parts:
 
-* `seq_positions`: `one` random position per user and epoch (a random contiguous history
-  segment before it, as the text sampler), or `all` training positions (the last `max_history`
-  items before each).
-* `item_targets` m: the decoder writes the next m training items teacher-forced (sequential),
-  or m of the user's training items in random order (candidate-free top-n); the first is the one
-  evaluation scores. m = 1 keeps the text path's `item </s>` target.
-* `topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
-  (no items in the input: the prompts carry the user).
-* `item_softmax: items`: item tasks normalize their loss over the item tokens only.
-* `prompt_history: prefix` (peapod): an item example's user prompt is built from the CF vector
-  folded in from the training items before its target (and that vector's nearest other users), as a
-  test user's prompt is built from the items before the test item. With `full`, every example reads
-  the CF vector of all the user's training items, which holds the target itself: the model learns to
-  read its targets back out of the prompt, which no test example allows (`PrefixPrompts`).
-* `history_order: newest-first`: sequential inputs list the history most recent item first.
-* `batch_grouping: length`: batches hold rows of about the same input length (`batch_order`).
+* every training position is a sequential example, with the last `max_history` items before it;
+* the decoder writes the next `item_targets` training items teacher-forced (sequential), or that many
+  of the user's training items in random order (candidate-free top-n: no items in the input, the
+  prompts carry the user); the first is the one evaluation scores;
+* item tasks normalize their loss over the item tokens only;
+* a peapod example's user prompt is built from the CF vector folded in from the training items before
+  its target (and that vector's nearest other users), as a test user's prompt is built from the items
+  before the test item (`PrefixPrompts`). The CF vector of all the user's training items holds the
+  target itself: a model trained on it learns to read its targets back out of the prompt, which no
+  test example allows;
+* sequential inputs list the history most recent item first;
+* batches hold rows of about the same input length (`batch_order`).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,104 +28,11 @@ import torch
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.negatives import candidate_list
-from peapod.model.text import TASK_IDS
+from peapod.inputs.examples import TaskRows, TrainSequences, explanation_rows, newest_first, sequential_rows, topn_rows
+from peapod.inputs.owners import PrefixPrompts
+from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
 from peapod.train.batch_order import batch_rows
 from peapod.train.distributed import rank_share
-from peapod.train.prefix_prompts import PrefixPrompts
-from peapod.train.samplers import sample_negatives_for
-from peapod.train.sequences import TrainSequences
-from peapod.train.token_tables import TokenTables, context_tokens, sentence_labels
-
-
-@dataclass
-class TaskRows:
-    """One task's examples as index arrays.
-
-    users: [N] whose prompt; text_users: [N] user-table row written in the input (generic after
-    dropout); inputs: [N, H] input items (-1 padded); targets: [N, M] target items (item tasks);
-    sentences: [N] explanation record index (explanation).
-    """
-
-    task: str
-    users: np.ndarray
-    text_users: np.ndarray
-    inputs: np.ndarray
-    targets: np.ndarray | None = None
-    sentences: np.ndarray | None = None
-    prefix: np.ndarray | None = None  # [N] training items the prompt is folded in from (prompt_history prefix)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def newest_first(items: np.ndarray) -> np.ndarray:
-    """Each row's items (left-aligned, -1 padded) in reverse order, still left-aligned."""
-    n = (items >= 0).sum(1, keepdims=True)
-    j = np.arange(items.shape[1])[None, :]
-    src = np.where(j < n, n - 1 - j, 0)
-    return np.where(j < n, np.take_along_axis(items, src, axis=1), -1)
-
-
-def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
-    # User-id dropout: the prompt, not the id string, has to carry the user.
-    return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
-
-
-def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positions: str, dropout: float, generic: int) -> TaskRows:
-    """History before a target position -> the next m training items."""
-    has = np.nonzero(seqs.lengths >= 2)[0]
-    if positions == "all":
-        counts = seqs.lengths[has] - 1
-        users = np.repeat(has, counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
-        start = np.maximum(0, t - max_history)
-    else:
-        users = has
-        t = rng.integers(1, seqs.lengths[has])  # target position; the last two items of the sequence are never seen
-        start = rng.integers(np.maximum(0, t - max_history), t)
-    inputs = seqs.window(users, start, t, max_history)
-    targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
-    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
-
-
-def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
-    """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
-    `user`: no input items; the targets are m of the user's training items in random order, or with
-    `prefix` the m items after a random position t >= 1, whose prompt is folded in from the first t."""
-    if topn_input == "user" and prefix:
-        users = np.nonzero(seqs.lengths >= 2)[0]
-        t = rng.integers(1, seqs.lengths[users])
-        targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
-        inputs = np.zeros((len(users), 0), dtype=np.int64)
-        return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
-    users = np.nonzero(seqs.lengths >= 1)[0]
-    if topn_input == "user":
-        # A random order of each user's training items: sort random keys within each user.
-        owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
-        order = np.lexsort((rng.random(len(seqs.flat)), owner))
-        shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
-        targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
-        inputs = np.zeros((len(users), 0), dtype=np.int64)
-    else:
-        pick = rng.integers(0, seqs.lengths[users])
-        pos = seqs.flat[seqs.offsets[users] + pick]
-        py = random.Random(int(rng.integers(2**63)))
-        cands = []
-        for u, p in zip(users.tolist(), pos.tolist()):
-            row = sample_negatives_for(user_items[u], n_items, n_candidates - 1, py) + [p]
-            py.shuffle(row)
-            cands.append(row)
-        inputs = np.array(cands, dtype=np.int64).reshape(len(users), n_candidates)
-        targets = pos[:, None]
-    return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets)
-
-
-def explanation_rows(records: list[Explanation], rng, dropout: float, generic: int) -> TaskRows:
-    users = np.array([e.user for e in records], dtype=np.int64)
-    items = np.array([[e.item] for e in records], dtype=np.int64).reshape(len(records), 1)
-    text_users = _dropout(users, rng, dropout, generic) if rng is not None else users
-    return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))
 
 
 @dataclass

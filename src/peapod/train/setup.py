@@ -20,6 +20,7 @@ from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
 from peapod.data.negatives import ensure_negatives, write_negatives
 from peapod.extras import available
+from peapod.inputs.examples import epoch_batches, validation_examples
 from peapod.io import write_json_atomic
 from peapod.model.peapod import ModelBundle, build_model, load_bundle
 from peapod.rundir import check_resume, data_identity
@@ -27,7 +28,6 @@ from peapod.runtime import share_cpu
 from peapod.train.batches import TextEpoch, explanation_contexts, id_training_data
 from peapod.train.checkpoint import load_checkpoint, tidy_run_directory
 from peapod.train.distributed import dist_setup
-from peapod.train.samplers import epoch_batches, validation_examples
 
 
 def linear_warmup_decay(warmup: int, total: int):

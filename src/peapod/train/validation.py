@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from peapod.inputs.examples import Example
 from peapod.metrics.ranking import ndcg_gains
 from peapod.train.distributed import all_reduce_sum
 from peapod.train.id_batches import EncodedRows
-from peapod.train.samplers import Example
 
 
 def scored_step(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors
-from peapod.train.sequences import TrainSequences
+from peapod.data.cf import ALSConfig, fold_in, nearest_neighbors
+from peapod.inputs.examples import TrainSequences
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Task samplers: training and validation examples for the three tasks, following PeaPOD/POD.
+"""The examples a run draws for the three tasks: as text (the published objective, following PeaPOD/POD)
+or as rows of internal indices (user, input items, target items; the dense objective), with the same
+validation and test form.
 
 An epoch's examples and batches are a pure function of (seed, epoch), so a run resumed at batch
 position p of epoch e sees exactly the batches it would have seen.
@@ -9,10 +11,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
+
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.indexing import ItemIndex, user_text
 from peapod.data.negatives import candidate_list
-from peapod.model.text import GENERIC_USER, TEMPLATES, eval_template, source_text
+from peapod.inputs.prompt import GENERIC_USER, TEMPLATES, eval_template, source_text
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,120 @@ def validation_examples(
         out["topn"].append(Example("topn", u, src, index.item_text(target)))
     out["explanation"] = explanation_examples(explanations_val, index, None, 0.0, template, contexts)
     return {k: v for k, v in out.items() if v}
+
+
+# ---- the dense objective's examples, as rows of internal indices ---------------------------------------
+@dataclass(frozen=True)
+class TrainSequences:
+    """Every user's training items, flattened: user u's are flat[offsets[u] : offsets[u] + lengths[u]]."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> TrainSequences:
+        lists = [ds.train_items(u) for u in range(ds.n_users)]
+        lengths = np.array([len(x) for x in lists], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        flat = np.array([i for x in lists for i in x], dtype=np.int64)
+        return cls(flat, offsets, lengths)
+
+    def window(self, users: np.ndarray, start: np.ndarray, stop: np.ndarray, width: int) -> np.ndarray:
+        """[N, width] items start..stop-1 of each user's training items (left-aligned, -1 padded)."""
+        j = np.arange(width)[None, :]
+        pos = start[:, None] + j
+        valid = pos < stop[:, None]
+        idx = np.where(valid, self.offsets[users][:, None] + pos, 0)
+        return np.where(valid, self.flat[idx] if len(self.flat) else 0, -1)
+
+
+@dataclass
+class TaskRows:
+    """One task's examples as index arrays.
+
+    users: [N] whose prompt; text_users: [N] user-table row written in the input (generic after
+    dropout); inputs: [N, H] input items (-1 padded); targets: [N, M] target items (item tasks);
+    sentences: [N] explanation record index (explanation).
+    """
+
+    task: str
+    users: np.ndarray
+    text_users: np.ndarray
+    inputs: np.ndarray
+    targets: np.ndarray | None = None
+    sentences: np.ndarray | None = None
+    prefix: np.ndarray | None = None  # [N] training items the prompt is folded in from (prompt_history prefix)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def newest_first(items: np.ndarray) -> np.ndarray:
+    """Each row's items (left-aligned, -1 padded) in reverse order, still left-aligned."""
+    n = (items >= 0).sum(1, keepdims=True)
+    j = np.arange(items.shape[1])[None, :]
+    src = np.where(j < n, n - 1 - j, 0)
+    return np.where(j < n, np.take_along_axis(items, src, axis=1), -1)
+
+
+def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
+    # User-id dropout: the prompt, not the id string, has to carry the user.
+    return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
+
+
+def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positions: str, dropout: float, generic: int) -> TaskRows:
+    """History before a target position -> the next m training items."""
+    has = np.nonzero(seqs.lengths >= 2)[0]
+    if positions == "all":
+        counts = seqs.lengths[has] - 1
+        users = np.repeat(has, counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
+        start = np.maximum(0, t - max_history)
+    else:
+        users = has
+        t = rng.integers(1, seqs.lengths[has])  # target position; the last two items of the sequence are never seen
+        start = rng.integers(np.maximum(0, t - max_history), t)
+    inputs = seqs.window(users, start, t, max_history)
+    targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
+    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
+
+
+def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
+    """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
+    `user`: no input items; the targets are m of the user's training items in random order, or with
+    `prefix` the m items after a random position t >= 1, whose prompt is folded in from the first t."""
+    if topn_input == "user" and prefix:
+        users = np.nonzero(seqs.lengths >= 2)[0]
+        t = rng.integers(1, seqs.lengths[users])
+        targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
+        inputs = np.zeros((len(users), 0), dtype=np.int64)
+        return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
+    users = np.nonzero(seqs.lengths >= 1)[0]
+    if topn_input == "user":
+        # A random order of each user's training items: sort random keys within each user.
+        owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
+        order = np.lexsort((rng.random(len(seqs.flat)), owner))
+        shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
+        targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
+        inputs = np.zeros((len(users), 0), dtype=np.int64)
+    else:
+        pick = rng.integers(0, seqs.lengths[users])
+        pos = seqs.flat[seqs.offsets[users] + pick]
+        py = random.Random(int(rng.integers(2**63)))
+        cands = []
+        for u, p in zip(users.tolist(), pos.tolist()):
+            row = sample_negatives_for(user_items[u], n_items, n_candidates - 1, py) + [p]
+            py.shuffle(row)
+            cands.append(row)
+        inputs = np.array(cands, dtype=np.int64).reshape(len(users), n_candidates)
+        targets = pos[:, None]
+    return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets)
+
+
+def explanation_rows(records: list[Explanation], rng, dropout: float, generic: int) -> TaskRows:
+    users = np.array([e.user for e in records], dtype=np.int64)
+    items = np.array([[e.item] for e in records], dtype=np.int64).reshape(len(records), 1)
+    text_users = _dropout(users, rng, dropout, generic) if rng is not None else users
+    return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))

@@ -1,20 +1,145 @@
-"""Encoder inputs and decoder labels as token ids, assembled from per-user and per-item token tables.
+"""How a prompt is written: task templates filled with `user_…`/`item_…` texts, and batch encoding.
 
-Every user text (`user_12`) and item text (`<item_345>` or `item_345`) is tokenized once; an example
-is then a row of internal indices (user, input items, target items), and a whole epoch of rows becomes
-padded id matrices with a few numpy operations. The result equals tokenizing the bare evaluation
-text `source_text(task, None, user, items)` with `encode_inputs` (tested token for token), so a model
-trained on these ids is evaluated and served by the ordinary text path.
+Inputs are written as in P5/POD (`user_12`, `item_345`). Whole-word ids mark the sub-tokens of each
+`user_…`/`item_…` span with one index (1, 2, … in order of appearance; 0 elsewhere), so the model can
+read `item_1234` split into several sub-tokens as one id.
 """
 
 from __future__ import annotations
 
+import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from peapod.data.indexing import ItemIndex, user_text
-from peapod.model.text import GENERIC_USER
+
+TASKS = ("explanation", "sequential", "topn")
+TASK_IDS = {t: i for i, t in enumerate(TASKS)}
+GENERIC_USER = "user_0"  # user-id dropout and cold-start users: no user number in the text
+
+# Our own wording. Slot {user} is `user_n`, {history}/{candidates} are space-separated item texts,
+# {item} one item text. The last template of each task is the bare form used for validation and test.
+TEMPLATES: dict[str, list[str]] = {
+    "sequential": [
+        "Here is what {user} bought, in order: {history}. Which item will {user} buy next?",
+        "{user} has purchased {history}. Predict the next purchase.",
+        "Purchase history of {user}: {history}. Recommend the next item.",
+        "Given the items {history} bought by {user}, what comes next?",
+        "{user} {history}",
+    ],
+    "topn": [
+        "Which of these items should we recommend to {user}? {candidates}",
+        "Pick the best item for {user} from the candidates: {candidates}",
+        "Candidates for {user}: {candidates}. Choose the one to recommend.",
+        "{user} {candidates}",
+    ],
+    "explanation": [
+        "Write what {user} would say about {item}.",
+        "Explain why {user} liked {item}.",
+        "Generate a review sentence of {user} about {item}.",
+        "{user} {item}",
+    ],
+}
+
+_ID_SPAN = re.compile(r"<?(?:user|item)_\d+>?")
+
+
+def fill_template(task: str, template: int | None, **slots: str) -> str:
+    """Fill a task template. `template=None` picks the bare evaluation form."""
+    options = TEMPLATES[task]
+    return options[-1 if template is None else template].format(**slots)
+
+
+def random_template(task: str, rng: random.Random) -> int:
+    return rng.randrange(len(TEMPLATES[task]))
+
+
+@dataclass
+class EncodedBatch:
+    """Token ids of a batch of encoder inputs.
+
+    input_ids: [B, T] token ids (padded with pad id).
+    attention_mask: [B, T] 1 for real tokens.
+    whole_word_ids: [B, T] index of the `user_…`/`item_…` span a token belongs to (1, 2, …), 0 elsewhere.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    whole_word_ids: torch.Tensor
+
+
+def whole_word_ids_for(text: str, offsets: list[tuple[int, int]], max_index: int) -> list[int]:
+    """Per token, the 1-based index of the id span its characters fall in, else 0."""
+    spans = [m.span() for m in _ID_SPAN.finditer(text)]
+    out, j = [], 0
+    for start, end in offsets:
+        if end <= start:  # special tokens
+            out.append(0)
+            continue
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        # Overlap, not containment: a Metaspace token's offsets include the space before the id.
+        inside = j < len(spans) and spans[j][0] < end
+        out.append(min(j + 1, max_index) if inside else 0)
+    return out
+
+
+def encode_inputs(tokenizer, texts: list[str], max_length: int, max_words: int) -> EncodedBatch:
+    """Tokenize encoder inputs (truncating to `max_length`) and compute whole-word ids."""
+    enc = tokenizer(
+        texts, max_length=max_length, truncation=True, padding=True, return_offsets_mapping=True, return_tensors="pt"
+    )
+    words = [
+        whole_word_ids_for(t, [tuple(o) for o in offs.tolist()], max_words - 1)
+        for t, offs in zip(texts, enc["offset_mapping"])
+    ]
+    return EncodedBatch(enc["input_ids"], enc["attention_mask"], torch.tensor(words, dtype=torch.long))
+
+
+def encode_targets(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    """Decoder labels [B, T] with padding set to -100 (ignored by the loss)."""
+    enc = tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = -100
+    return labels
+
+
+def eval_template(variant: str) -> int | None:
+    """Template for validation/test inputs: the bare form, except for P5, whose only task signal is the
+    discrete prompt (it gets the first template of each task)."""
+    return 0 if variant == "p5" else None
+
+
+def source_text(task: str, template: int | None, user: str, items: list[str], context: str | None = None) -> str:
+    """The encoder text of one example.
+
+    `items` is the history (sequential), the candidates (topn; or the history or nothing when the model
+    reads no candidates, see `ModelConfig.topn_input`) or the one item (explanation). `context`: an
+    explanation's retrieved sentence, written after the template (`ModelConfig.explanation_context`).
+    """
+    if task == "sequential":
+        return fill_template(task, template, user=user, history=" ".join(items))
+    if task == "topn":
+        if not items:  # candidate-free top-n (model.topn_input "user"): the user alone
+            return user
+        return fill_template(task, template, user=user, candidates=" ".join(items))
+    if task == "explanation":
+        text = fill_template(task, template, user=user, item=items[0])
+        return f"{text} {context}" if context else text
+    raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
+
+
+# ---- the same prompts as token ids -----------------------------------------------------------------
+# Encoder inputs and decoder labels as token ids, assembled from per-user and per-item token tables.
+# 
+# Every user text (`user_12`) and item text (`<item_345>` or `item_345`) is tokenized once; an example
+# is then a row of internal indices (user, input items, target items), and a whole epoch of rows becomes
+# padded id matrices with a few numpy operations. The result equals tokenizing the bare evaluation
+# text `source_text(task, None, user, items)` with `encode_inputs` (tested token for token), so a model
+# trained on these ids is evaluated and served by the ordinary text path.
 
 
 def _padded(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
