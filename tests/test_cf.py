@@ -9,7 +9,7 @@ import pytest
 import torch
 from model_fixtures import CF_DIM, N_USERS, K
 
-from peapod.model import cf
+from peapod.data import cf
 
 
 # ---- fold-in --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def test_defaults_validate_and_match_the_models():
     assert isinstance(cfg, RunConfig)
     assert cfg.data.path is None
     assert cfg.train.tasks == ["sequential", "topn", "explanation"]
-    assert cfg.objective.schedule == "rotate"
+    assert cfg.objective.kind == "dense"
     assert cfg == RunConfig()
 
 

@@ -70,7 +70,7 @@ def test_the_scored_step_is_the_step_training_taught(demo, pod):
     cfg, bundle = pod
     model = bundle.model
     data = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg, model.config.max_whole_words)
-    rows = sequential_rows(data.seqs, np.random.default_rng(0), cfg.train.max_history, 3, "all", 0.0, data.tables.generic_user)
+    rows = sequential_rows(data.seqs, np.random.default_rng(0), cfg.train.max_history, 3, 0.0, data.tables.generic_user)
     pick = np.array([r for r in range(0, len(rows), 53) if rows.targets[r, 1] >= 0][:12])
     enc = data.encode(rows)
     batch = enc.batch(pick, torch.device("cpu"))
@@ -190,7 +190,7 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
     cfg, bundle = pod  # decoder_history 1 (the laptop recipe), item_targets 3
     data = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg, bundle.model.config.max_whole_words)
     n = 24
-    tables = data.validation([list(range(99))] * demo.n_users, [], max_users=n)
+    tables = data.validation([], max_users=n)
     predictor = Predictor(bundle, max_history=cfg.train.max_history, decoder_history=1)
     first = predictor.item_tokens[0][:, 0]
     expected = {}
@@ -214,5 +214,5 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
     assert all(np.isfinite(v) for v in losses.values())
     # Without decoder history the first step is read, as before.
     cfg0 = load_config(LAPTOP, SMALL + ["model.variant=pod", "objective.decoder_history=0"])
-    plain = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg0, bundle.model.config.max_whole_words).validation([list(range(99))] * demo.n_users, [], max_users=n)
+    plain = IdTrainingData(demo, bundle.index, bundle.tokenizer, [], cfg0, bundle.model.config.max_whole_words).validation([], max_users=n)
     assert plain["sequential"].score_step is None and plain["sequential"].labels.shape[1] == 1

@@ -80,7 +80,7 @@ def test_token_tables_reproduce_the_tokenized_bare_text(demo, strategy):
 # ---- examples -----------------------------------------------------------------------------------
 def test_multi_target_labels_hold_the_next_m_training_items(demo):
     seqs = TrainSequences.from_dataset(demo)
-    rows = sequential_rows(seqs, np.random.default_rng(1), max_history=4, m=3, positions="all", dropout=0.0, generic=demo.n_users)
+    rows = sequential_rows(seqs, np.random.default_rng(1), max_history=4, m=3, dropout=0.0, generic=demo.n_users)
     # Every training position of every user, once.
     assert len(rows) == sum(max(len(demo.train_items(u)) - 1, 0) for u in range(demo.n_users))
     seen = {}
@@ -91,19 +91,12 @@ def test_multi_target_labels_hold_the_next_m_training_items(demo):
         seen[int(u)] = t + 1
         assert hist == train[max(0, t - 4) : t]
         assert [int(i) for i in tgt if i >= 0] == train[t : t + 3]  # the next m, fewer at the end
-    one = sequential_rows(seqs, np.random.default_rng(1), 4, 3, "one", 0.0, demo.n_users)
-    assert len(one) == sum(len(demo.train_items(u)) >= 2 for u in range(demo.n_users))
-    for u, inp, tgt in zip(one.users, one.inputs, one.targets):
-        train = demo.train_items(int(u))
-        hist = [int(i) for i in inp if i >= 0]
-        t = next(s + len(hist) for s in range(len(train)) if train[s : s + len(hist)] == hist)
-        assert [int(i) for i in tgt if i >= 0] == train[t : t + 3]
 
 
 def test_candidate_free_topn_inputs_hold_no_item_and_targets_are_training_items(demo, atomic_model):
     cfg, index, model, tok = atomic_model
     seqs = TrainSequences.from_dataset(demo)
-    rows = topn_rows(seqs, [], demo.n_items, np.random.default_rng(2), "user", 20, 4, 0.0, demo.n_users)
+    rows = topn_rows(seqs, np.random.default_rng(2), 4, 0.0, demo.n_users)
     assert rows.inputs.shape == (len(rows), 0)
     for u, tgt in zip(rows.users, rows.targets):
         got = [int(i) for i in tgt if i >= 0]
@@ -116,15 +109,6 @@ def test_candidate_free_topn_inputs_hold_no_item_and_targets_are_training_items(
     # The predictor writes the same candidate-free input, whatever candidates it is asked to score.
     pred = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), device="cpu")
     assert pred.source_text(Request("topn", (3, 4, 5), user=7)) == user_text(7)
-
-
-def test_candidate_lists_mode_keeps_one_positive_among_negatives(demo, atomic_model):
-    seqs = TrainSequences.from_dataset(demo)
-    user_items = [set(s) for s in demo.sequences]
-    rows = topn_rows(seqs, user_items, demo.n_items, np.random.default_rng(3), "candidates", 10, 1, 0.0, demo.n_users)
-    for u, inp, tgt in zip(rows.users, rows.inputs, rows.targets):
-        assert tgt[0] in demo.train_items(int(u)) and tgt[0] in inp and len(set(inp.tolist())) == 10
-        assert len(set(inp.tolist()) & user_items[int(u)]) == 1
 
 
 def test_epochs_are_a_pure_function_of_seed_and_epoch(demo, atomic_model):
@@ -228,8 +212,7 @@ def test_laptop_recipe_trains_and_resumes_exactly_after_a_crash(tmp_path, monkey
 def test_validation_ndcg_ranks_the_target_among_all_items(demo, atomic_model):
     cfg, index, model, tok = atomic_model
     data = IdTrainingData(demo, index, tok, [], cfg, 512)
-    negatives = [list(range(99)) for _ in range(demo.n_users)]
-    table = data.validation(negatives, [], max_users=20)["sequential"]
+    table = data.validation([], max_users=20)["sequential"]
     steps = table.score_step  # the recipe's decoder history: the validation item is read after the last training item
     assert steps is not None and int(steps.max()) == cfg.objective.decoder_history == 1
     batch = table.batch(np.arange(20), torch.device("cpu"))

@@ -42,13 +42,10 @@ def setup(demo):
     return cfg, index, model, tok, prompts
 
 
-def test_the_dense_objective_holds_both_and_the_published_neither():
+def test_the_dense_objective_writes_histories_newest_first_and_the_published_oldest_first():
     cfg = load_config(LAPTOP)
-    assert cfg.objective.history_order == "newest-first"
-    assert cfg.objective.prompt_history == "prefix"
-    assert cfg.architecture().history_order == "newest-first"
-    paper = load_config("paper")
-    assert (paper.objective.history_order, paper.objective.prompt_history) == ("oldest-first", "full")
+    assert cfg.objective.history_order == "newest-first" and cfg.architecture().history_order == "newest-first"
+    assert load_config("paper").architecture().history_order == "oldest-first"
 
 
 def test_newest_first_reverses_each_row_and_keeps_padding():
@@ -60,7 +57,7 @@ def test_newest_first_id_inputs_equal_the_predictor_text(demo, setup):
     cfg, index, model, tok, _ = setup
     assert model.config.history_order == "newest-first"
     data = IdTrainingData(demo, index, tok, [], cfg, model.config.max_whole_words)
-    rows = sequential_rows(data.seqs, np.random.default_rng(0), cfg.train.max_history, 5, "all", 0.0, data.tables.generic_user)
+    rows = sequential_rows(data.seqs, np.random.default_rng(0), cfg.train.max_history, 5, 0.0, data.tables.generic_user)
     pick = np.arange(0, len(rows), max(1, len(rows) // 30))
     enc = data.encode(rows)
     predictor = Predictor(ModelBundle(model, tok, index, demo.user_ids, demo.item_ids), max_history=cfg.train.max_history, decoder_history=0)
@@ -84,7 +81,7 @@ def test_newest_first_id_inputs_equal_the_predictor_text(demo, setup):
 def test_prefix_prompts_are_folded_in_from_the_items_before_the_target(demo, setup):
     cfg, index, model, tok, prompts = setup
     data = IdTrainingData(demo, index, tok, [], cfg, model.config.max_whole_words, prompts)
-    rows = sequential_rows(data.seqs, np.random.default_rng(1), cfg.train.max_history, 5, "all", 0.0, data.tables.generic_user)
+    rows = sequential_rows(data.seqs, np.random.default_rng(1), cfg.train.max_history, 5, 0.0, data.tables.generic_user)
     enc = data.encode(rows)
     assert enc.cf_query.shape == (len(rows), model.cf_users.shape[1])
     for r in range(0, len(rows), max(1, len(rows) // 25)):
@@ -110,7 +107,7 @@ def test_prefix_prompts_are_folded_in_from_the_items_before_the_target(demo, set
 
 def test_prefix_topn_rows_predict_the_items_after_the_prompt(demo):
     seqs = TrainSequences.from_dataset(demo)
-    rows = topn_rows(seqs, [], demo.n_items, np.random.default_rng(3), "user", 100, 5, 0.0, demo.n_users, prefix=True)
+    rows = topn_rows(seqs, np.random.default_rng(3), 5, 0.0, demo.n_users, prefix=True)
     assert rows.inputs.shape[1] == 0 and rows.prefix is not None
     for r in range(0, len(rows), 97):
         items, t = demo.train_items(int(rows.users[r])), int(rows.prefix[r])
@@ -121,7 +118,7 @@ def test_prefix_topn_rows_predict_the_items_after_the_prompt(demo):
 def test_without_the_lever_rows_read_the_model_prompts(demo, setup):
     cfg, index, model, tok, _ = setup
     data = IdTrainingData(demo, index, tok, [], cfg, model.config.max_whole_words)
-    rows = sequential_rows(data.seqs, np.random.default_rng(1), cfg.train.max_history, 5, "all", 0.0, data.tables.generic_user)
+    rows = sequential_rows(data.seqs, np.random.default_rng(1), cfg.train.max_history, 5, 0.0, data.tables.generic_user)
     enc = data.encode(rows)
     assert enc.cf_query is None and "cf_query" not in enc.batch(np.arange(4), torch.device("cpu"))
 

@@ -12,7 +12,7 @@ from peapod.data.dataset import validation_users
 from peapod.data.explanations import split_explanations
 from peapod.inputs.examples import validation_examples
 from peapod.model.peapod import build_model
-from peapod.train import trainer as trainer_module
+from peapod.train import id_batches as id_batches_module
 from peapod.train.id_batches import IdTrainingData
 from peapod.train.loop import train
 
@@ -49,9 +49,8 @@ def test_id_validation_tables_hold_the_sampled_users(demo):
     index = build_item_index(demo, "atomic")
     _, tok = build_model(cfg.architecture(), demo, index)
     data = IdTrainingData(demo, index, tok, [], cfg, 512)
-    negatives = [list(range(99)) for _ in range(demo.n_users)]
     expected = validation_users(demo.n_users, 30, "random")
-    tables = data.validation(negatives, [], max_users=30, users_sample="random")
+    tables = data.validation([], max_users=30, users_sample="random")
     for task, table in tables.items():
         assert table.users.tolist() == expected, task
         rows = np.arange(len(table))
@@ -59,7 +58,7 @@ def test_id_validation_tables_hold_the_sampled_users(demo):
         index_of = {t: i for i, t in enumerate(data.tables.item_tokens[:, 0].tolist())}
         got = [index_of[int(t)] for t in table.labels.numpy()[rows, at]]
         assert got == [demo.history_and_target(u, "val")[1] for u in expected], task
-    first = data.validation(negatives, [], max_users=30)["sequential"]
+    first = data.validation([], max_users=30)["sequential"]
     assert first.users.tolist() == list(range(30))
 
 
@@ -74,13 +73,13 @@ def test_text_validation_examples_hold_the_sampled_users(demo):
 
 def test_the_trainer_selects_on_the_configured_users(demo, tmp_path, monkeypatch):
     seen = []
-    original = trainer_module.IdTrainingData.validation
+    original = id_batches_module.IdTrainingData.validation
 
-    def spy(self, negatives, explanations_val, max_users, users_sample="first", contexts_val=None):
+    def spy(self, explanations_val, max_users, users_sample="first", contexts_val=None):
         seen.append((max_users, users_sample))
-        return original(self, negatives, explanations_val, max_users, users_sample, contexts_val)
+        return original(self, explanations_val, max_users, users_sample, contexts_val)
 
-    monkeypatch.setattr(trainer_module.IdTrainingData, "validation", spy)
+    monkeypatch.setattr(id_batches_module.IdTrainingData, "validation", spy)
     train(load_config(LAPTOP, [*SMALL, "train.val_users=random"]), tmp_path / "run", quiet=True)
     assert seen == [(30, "random")]
 

@@ -230,53 +230,36 @@ def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int
     return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
 
 
-def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positions: str, dropout: float, generic: int) -> TaskRows:
-    """History before a target position -> the next m training items."""
+def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, dropout: float, generic: int) -> TaskRows:
+    """Every training position t >= 1 of every user: the last max_history items before it -> the next m."""
     has = np.nonzero(seqs.lengths >= 2)[0]
-    if positions == "all":
-        counts = seqs.lengths[has] - 1
-        users = np.repeat(has, counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
-        start = np.maximum(0, t - max_history)
-    else:
-        users = has
-        t = rng.integers(1, seqs.lengths[has])  # target position; the last two items of the sequence are never seen
-        start = rng.integers(np.maximum(0, t - max_history), t)
+    counts = seqs.lengths[has] - 1
+    users = np.repeat(has, counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
+    start = np.maximum(0, t - max_history)
     inputs = seqs.window(users, start, t, max_history)
     targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
     return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
 
 
-def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
-    """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
-    `user`: no input items; the targets are m of the user's training items in random order, or with
-    `prefix` the m items after a random position t >= 1, whose prompt is folded in from the first t."""
-    if topn_input == "user" and prefix:
+def topn_rows(seqs: TrainSequences, rng, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
+    """Candidate-free top-n: no input items, the prompts carry the user; the targets are m of the user's
+    training items in random order, or with `prefix` the m items after a random position t >= 1, whose
+    prompt is folded in from the first t."""
+    if prefix:
         users = np.nonzero(seqs.lengths >= 2)[0]
         t = rng.integers(1, seqs.lengths[users])
         targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
         inputs = np.zeros((len(users), 0), dtype=np.int64)
         return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
     users = np.nonzero(seqs.lengths >= 1)[0]
-    if topn_input == "user":
-        # A random order of each user's training items: sort random keys within each user.
-        owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
-        order = np.lexsort((rng.random(len(seqs.flat)), owner))
-        shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
-        targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
-        inputs = np.zeros((len(users), 0), dtype=np.int64)
-    else:
-        pick = rng.integers(0, seqs.lengths[users])
-        pos = seqs.flat[seqs.offsets[users] + pick]
-        py = random.Random(int(rng.integers(2**63)))
-        cands = []
-        for u, p in zip(users.tolist(), pos.tolist()):
-            row = sample_negatives_for(user_items[u], n_items, n_candidates - 1, py) + [p]
-            py.shuffle(row)
-            cands.append(row)
-        inputs = np.array(cands, dtype=np.int64).reshape(len(users), n_candidates)
-        targets = pos[:, None]
+    # A random order of each user's training items: sort random keys within each user.
+    owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
+    order = np.lexsort((rng.random(len(seqs.flat)), owner))
+    shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
+    targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
+    inputs = np.zeros((len(users), 0), dtype=np.int64)
     return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets)
 
 

@@ -49,7 +49,7 @@ class TextEpoch:
 def id_training_data(cfg: RunConfig, model, ds: Dataset, index, tokenizer, explanations, contexts=None) -> IdTrainingData:
     """The epoch planner of the dense objective's token-id inputs, with prefix prompts for a user prompt."""
     prompts = None
-    if cfg.objective.prompt_history == "prefix" and model.config.has_user_prompt:
+    if model.config.has_user_prompt:
         prompts = PrefixPrompts(
             model.cf_users.detach().cpu(), model.cf_items.cpu(), model.neighbor_index.cpu(), model.config.als(),
             with_neighbors=model.config.composer == "neighbors",

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
-from peapod.data.negatives import candidate_list
 from peapod.inputs.examples import TaskRows, TrainSequences, explanation_rows, newest_first, sequential_rows, topn_rows
 from peapod.inputs.owners import PrefixPrompts
 from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
@@ -78,24 +77,6 @@ class EncodedRows:
         return out
 
 
-def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-
-def concat_rows(parts: list[EncodedRows]) -> EncodedRows:
-    """All rows of several tasks in one table (mixed schedule); needs no label_space."""
-    w = max(p.input_ids.shape[1] for p in parts)
-    lw = max(p.labels.shape[1] for p in parts)
-    prompts = all(p.cf_query is not None for p in parts)
-    return EncodedRows(
-        torch.cat([p.task_ids for p in parts]), torch.cat([p.users for p in parts]),
-        torch.cat([_pad_to(p.input_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.attention_mask, w, 0) for p in parts]),
-        torch.cat([_pad_to(p.whole_word_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.labels, lw, -100) for p in parts]),
-        cf_query=torch.cat([p.cf_query for p in parts]) if prompts else None,
-        neighbors=torch.cat([p.neighbors for p in parts]) if prompts else None,
-    )
-
-
 class IdEpoch:
     """The batches of one epoch: (table, row indices) pairs, in training order."""
 
@@ -126,14 +107,13 @@ class IdTrainingData:
         self.ds, self.cfg, self.max_words, self.prompts = ds, cfg, max_words, prompts
         self.tables = TokenTables.build(tokenizer, index, ds.n_users)
         self.seqs = TrainSequences.from_dataset(ds)
-        self.user_items = [set(s) for s in ds.sequences] if cfg.objective.topn_input == "candidates" else []
         self.explanations = explanations
         self.tokenizer = tokenizer
         self.sentences = sentence_labels(tokenizer, [e.text for e in explanations], cfg.train.max_target_length)
         self.contexts = None if contexts is None else context_tokens(tokenizer, contexts, cfg.train.max_input_length)
         m = cfg.objective.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
-        self.item_space = torch.from_numpy(space) if cfg.objective.item_softmax == "items" else None
+        self.item_space = torch.from_numpy(space)  # item tasks normalize over the item tokens only
         self._cached: tuple[int, IdEpoch] | None = None
 
     def encode(self, rows: TaskRows, sentences: np.ndarray | None = None, contexts: tuple[np.ndarray, np.ndarray] | None = None) -> EncodedRows:
@@ -141,7 +121,7 @@ class IdTrainingData:
         `sentences` and `contexts` (default the training records')."""
         t = self.cfg.train
         inputs = rows.inputs
-        if rows.task == "sequential" and self.cfg.objective.history_order == "newest-first":
+        if rows.task == "sequential":
             inputs = newest_first(inputs)
         context = None
         if rows.task == "explanation":
@@ -170,12 +150,9 @@ class IdTrainingData:
     def task_rows(self, task: str, rng: np.random.Generator) -> TaskRows | None:
         t, o, g = self.cfg.train, self.cfg.objective, self.tables.generic_user
         if task == "sequential":
-            return sequential_rows(self.seqs, rng, t.max_history, o.item_targets, o.seq_positions, t.user_dropout, g)
+            return sequential_rows(self.seqs, rng, t.max_history, o.item_targets, t.user_dropout, g)
         if task == "topn":
-            return topn_rows(
-                self.seqs, self.user_items, self.ds.n_items, rng, o.topn_input, o.topn_candidates, o.item_targets, t.user_dropout, g,
-                prefix=self.prompts is not None,
-            )
+            return topn_rows(self.seqs, rng, o.item_targets, t.user_dropout, g, prefix=self.prompts is not None)
         if task == "explanation" and self.explanations:
             return explanation_rows(self.explanations, rng, t.user_dropout, g)
         return None
@@ -183,7 +160,7 @@ class IdTrainingData:
     def epoch(self, epoch: int) -> IdEpoch:
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
-        t, o = self.cfg.train, self.cfg.objective
+        t = self.cfg.train
         tables = []
         for task in t.tasks:
             rows = self.task_rows(task, np.random.default_rng([t.seed, epoch, TASK_IDS[task]]))
@@ -191,33 +168,27 @@ class IdTrainingData:
                 tables.append((task, self.encode(rows)))
         rng = np.random.default_rng([t.seed, epoch, 99])
         plan, tasks = [], []
-        if o.schedule == "mixed" and tables:
-            table = concat_rows([e for _, e in tables])
-            for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping):
-                plan.append((table, rows))
-                tasks.append("mixed")
-        else:  # rotate: one task per batch, tasks take turns
-            queues = []
-            for task, table in tables:
-                batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping)
-                queues.append([(task, table, rows) for rows in batches])
-            for turn in range(max((len(q) for q in queues), default=0)):
-                for q in queues:
-                    if turn < len(q):
-                        task, table, rows = q[turn]
-                        plan.append((table, rows))
-                        tasks.append(task)
+        queues = []  # one task per batch, tasks take turns
+        for task, table in tables:
+            batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, "length")
+            queues.append([(task, table, rows) for rows in batches])
+        for turn in range(max((len(q) for q in queues), default=0)):
+            for q in queues:
+                if turn < len(q):
+                    task, table, rows = q[turn]
+                    plan.append((table, rows))
+                    tasks.append(task)
         result = IdEpoch(plan, tasks)
         self._cached = (epoch, result)
         return result
 
     def validation(
-        self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first",
+        self, explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first",
         contexts_val: list[str] | None = None,
     ) -> dict[str, EncodedRows]:
         """Fixed validation tables per task for `validation_users(n_users, max_users, users_sample)`, in
         the evaluation input form: the last max_history training
-        items -> the validation item; top-n as the model reads it; held-out explanations. With
+        items -> the validation item; top-n without candidates; held-out explanations. With
         `objective.decoder_history` j (atomic items), the user's last j training items go into the decoder
         before the validation item, as the evaluation hands them (`Predictor.decoder_items`:
         sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
@@ -234,13 +205,8 @@ class IdTrainingData:
             hist = self.seqs.window(users, np.maximum(0, end - t.max_history), end, t.max_history)
             out["sequential"] = self._validation_table("sequential", users, hist, end, stop, steps, val_items, j)
         if "topn" in t.tasks:
-            if o.topn_input == "user":
-                inputs = np.zeros((len(users), 0), dtype=np.int64)
-                steps = np.minimum(j, stop)
-            else:  # the decoder was trained on one item here: no history in it
-                rows = [candidate_list(t, negatives[u][: o.topn_candidates - 1], u) for u, t in zip(users.tolist(), val_items.tolist())]
-                inputs = np.array(rows, dtype=np.int64)
-                steps = np.zeros_like(stop)
+            inputs = np.zeros((len(users), 0), dtype=np.int64)
+            steps = np.minimum(j, stop)
             out["topn"] = self._validation_table("topn", users, inputs, stop - steps, stop, steps, val_items, j)
         if "explanation" in t.tasks and explanations_val:
             sentences = sentence_labels(self.tokenizer, [e.text for e in explanations_val], t.max_target_length)

@@ -125,11 +125,9 @@ class RunSetup:
     def _plan(self, explanations_train, explanations_val, contexts_train, contexts_val) -> None:
         """Epoch planner, step budget, optimizer and schedule, trainer state, validation tables."""
         cfg, ds, model = self.cfg, self.ds, self.model
-        self.id_data = (
-            id_training_data(cfg, model, ds, self.index, self.tokenizer, explanations_train, contexts_train)
-            if cfg.objective.input_encoding == "ids" else None
-        )
-        self.plan_args = dict(
+        dense = cfg.objective.kind == "dense"
+        self.id_data = id_training_data(cfg, model, ds, self.index, self.tokenizer, explanations_train, contexts_train) if dense else None
+        self.plan_args = None if dense else dict(
             ds=ds, index=self.index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
             batch_size=cfg.train.batch_size, schedule=cfg.objective.schedule, max_history=cfg.train.max_history,
             topn_candidates=cfg.objective.topn_candidates, user_dropout=cfg.train.user_dropout, contexts=contexts_train,
@@ -148,7 +146,7 @@ class RunSetup:
             self.state.setdefault("train_seconds", 0.0)
         self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
         if self.id_data is not None:
-            val = self.id_data.validation(self.negatives, explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
+            val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
         else:
             val = validation_examples(
                 ds, self.index, cfg.model.variant, explanations_val, self.negatives, cfg.train.max_history, cfg.train.val_max_users,

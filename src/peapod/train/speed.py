@@ -43,7 +43,7 @@ class _Arm:
 def _check_comparable(arms: dict[str, RunConfig]) -> RunConfig:
     first = next(iter(arms.values()))
     for name, cfg in arms.items():
-        if cfg.objective.input_encoding != "ids":
+        if cfg.objective.kind != "dense":
             raise ValueError(f"arm {name!r}: train-speed times the dense objective's id pipeline, got objective {cfg.objective.kind!r}")
         for key in ("data.path", "index.strategy", "index.seed", "train.batch_size", "train.tasks"):
             section, field = key.split(".")
