@@ -131,10 +131,13 @@ def epoch_batches(
     for exs in per_task.values():
         rng.shuffle(exs)
         queues.append([exs[i : i + batch_size] for i in range(0, len(exs), batch_size)])
-    batches = []
-    for turn in range(max((len(q) for q in queues), default=0)):
-        batches.extend(q[turn] for q in queues if turn < len(q))
-    return batches
+    return take_turns(queues)
+
+
+def take_turns(queues: list[list]) -> list:
+    """The rotate schedule: the tasks' batches interleaved, one batch of each task in turn, each queue
+    in its order, until all are used up."""
+    return [q[turn] for turn in range(max((len(q) for q in queues), default=0)) for q in queues if turn < len(q)]
 
 
 def validation_examples(

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
-from peapod.inputs.examples import TaskRows, TrainSequences, explanation_rows, newest_first, sequential_rows, topn_rows
+from peapod.inputs.examples import (
+    TaskRows,
+    TrainSequences,
+    explanation_rows,
+    newest_first,
+    sequential_rows,
+    take_turns,
+    topn_rows,
+)
 from peapod.inputs.owners import PrefixPrompts
 from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
 from peapod.train.batch_order import batch_rows
@@ -135,8 +143,8 @@ class IdTrainingData:
         else:
             labels = self.tables.item_labels(rows.targets, eos=self.cfg.objective.item_targets == 1)
             space = self.item_space
-            # Ranking the first label token is the evaluation's ranking only when an item is one token.
-            ranked = torch.from_numpy(self.tables.item_space) if self.tables.item_tokens.shape[1] == 1 else None
+            # The first label token is the item (one token per item): ranking it is the evaluation's ranking.
+            ranked = torch.from_numpy(self.tables.item_space)
         n = len(rows)
         query = neighbors = None
         if self.prompts is not None:
@@ -168,16 +176,10 @@ class IdTrainingData:
                 tables.append((task, self.encode(rows)))
         rng = np.random.default_rng([t.seed, epoch, 99])
         plan, tasks = [], []
-        queues = []  # one task per batch, tasks take turns
-        for task, table in tables:
-            batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, "length")
-            queues.append([(task, table, rows) for rows in batches])
-        for turn in range(max((len(q) for q in queues), default=0)):
-            for q in queues:
-                if turn < len(q):
-                    task, table, rows = q[turn]
-                    plan.append((table, rows))
-                    tasks.append(task)
+        queues = [[(task, table, rows) for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, "length")] for task, table in tables]
+        for task, table, rows in take_turns(queues):
+            plan.append((table, rows))
+            tasks.append(task)
         result = IdEpoch(plan, tasks)
         self._cached = (epoch, result)
         return result
@@ -197,7 +199,7 @@ class IdTrainingData:
         users = np.array(validation_users(ds.n_users, max_users, users_sample), dtype=np.int64)
         val_items = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)
         stop = self.seqs.lengths[users]
-        j = o.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0
+        j = o.decoder_history
         out = {}
         if "sequential" in t.tasks:
             steps = np.minimum(j, np.maximum(stop - 1, 0))

@@ -23,7 +23,7 @@ from peapod.inputs.examples import sequential_rows
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
 from peapod.train.id_batches import IdTrainingData
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAPTOP = "laptop"
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",

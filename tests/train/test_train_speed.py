@@ -18,7 +18,7 @@ from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.speed import _load_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]
 
 

@@ -17,7 +17,7 @@ from peapod.cli import app
 from peapod.config import OLD_KEYS, RECIPES, ConfigError, RunConfig, load_config, saved_config
 from peapod.model.peapod import ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = "tiny"
 
 
@@ -264,7 +264,7 @@ def test_resume_needs_a_run_with_a_checkpoint(tmp_path):
 
 
 # ---- the objective, recipes by name, configs saved before the objective ----------------------------
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_defaults_are_the_laptop_recipe_and_paper_is_the_published_objective():

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 # ---- the embedded datasets -----------------------------------------------------------------------
-DATA_DIR = Path(__file__).resolve().parents[1] / "src" / "peapod" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "src" / "peapod" / "data"
 
 
 @pytest.fixture(scope="module")

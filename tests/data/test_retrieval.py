@@ -14,7 +14,7 @@ from peapod.cli import app
 from peapod.data import Dataset, Explanation
 from peapod.data.reviews_convert import convert_reviews
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "reviews_small.json"
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """The laptop recipe's numbers do not move under refactoring: a fixed-seed 60-step run on the embedded
 demo-toys data reproduces the losses, validation and test metrics recorded in
-`tests/fixtures/laptop_60_steps.json` (written by `python tests/test_recipe_fixed.py --record` from the code
+`tests/fixtures/laptop_60_steps.json` (written by `python tests/train/test_recipe_fixed.py --record` from the code
 before a restructuring). One thread, so the sums run in one order."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "laptop_60_steps.json"
 OVERRIDES = [
     "data.path=demo-toys", "train.max_steps=60", "train.max_minutes=null", "train.log_every=1",

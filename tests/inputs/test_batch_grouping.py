@@ -17,7 +17,7 @@ from peapod.model.peapod import build_model
 from peapod.train.batch_order import GROUP_WINDOW, batch_rows, padded_tokens
 from peapod.train.batches import id_training_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=32",
     "train.max_minutes=null", "train.val_max_users=50",

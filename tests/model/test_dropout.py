@@ -17,7 +17,7 @@ from peapod.inputs.prompt import TASK_IDS
 from peapod.model.dropout import ChunkedDropout
 from peapod.model.peapod import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]
 
 

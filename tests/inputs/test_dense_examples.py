@@ -25,7 +25,7 @@ from peapod.train.id_batches import IdEpoch, IdTrainingData
 from peapod.train.loop import train
 from peapod.train.validation import scored_item_ndcg, scored_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAPTOP = "laptop"
 SMALL = [  # the laptop recipe shrunk to seconds on the demo data
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",

@@ -26,7 +26,7 @@ from peapod.grid import (
     update_markdown_section,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_spec(tmp_path: Path, **changes) -> Path:

@@ -15,7 +15,7 @@ from peapod.data import build_item_index, load_dataset
 from peapod.model.peapod import build_model
 from peapod.train.id_batches import IdTrainingData
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64", "model.dropout=0.0"]
 
 

@@ -25,7 +25,7 @@ from peapod.inputs.prompt import encode_inputs, source_text
 from peapod.model.peapod import ModelBundle, build_model
 from peapod.train.id_batches import IdTrainingData
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAPTOP = "laptop"
 SMALL = [
     "data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4", "train.batch_size=64",
