@@ -126,7 +126,7 @@ def test_cli_bench_retrieval_needs_explanations(tmp_path):
 
 
 def test_grid_retrieval_cell(reviews_dir, tmp_path):
-    from peapod.grid import Cell, grid_markdown, load_grid_spec, plan_cells, run_grid
+    from peapod.bench.grid import Cell, grid_markdown, load_grid_spec, plan_cells, run_grid
 
     spec_path = tmp_path / "grid.yaml"
     spec_path.write_text(yaml.safe_dump({"name": "r", "config": "tiny",

@@ -379,7 +379,7 @@ def test_cli_evaluate(run_dir, tmp_path):
 
 # ---- user-prompt ablation -------------------------------------------------------------------
 def test_user_prompt_ablation(run_dir):
-    from peapod.evaluate.prompt_ablation import (
+    from peapod.bench.prompt_ablation import (
         format_ablation_table,
         run_user_prompt_ablation,
     )

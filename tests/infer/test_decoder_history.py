@@ -172,7 +172,7 @@ def test_evaluation_records_and_applies_the_override(demo, peapod, tmp_path):
 
 
 def test_the_user_prompt_ablation_reads_the_decoder_history_it_is_given(peapod, tmp_path):
-    from peapod.evaluate.prompt_ablation import run_user_prompt_ablation
+    from peapod.bench.prompt_ablation import run_user_prompt_ablation
 
     cfg, bundle = peapod
     save_bundle(bundle, tmp_path / "model", extra_files=None)

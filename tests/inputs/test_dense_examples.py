@@ -232,7 +232,7 @@ def test_validation_ndcg_ranks_the_target_among_all_items(demo, atomic_model):
 def test_laptop_grid_smoke_cell_runs_the_recipe_with_atomic_items(tmp_path):
     import yaml
 
-    from peapod.grid import load_grid_spec, run_grid
+    from peapod.bench.grid import load_grid_spec, run_grid
 
     spec = yaml.safe_load((ROOT / "benchmarks" / "grids" / "laptop.yaml").read_text())
     spec.update(config=str(LAPTOP), datasets={"demo": "demo"}, budget={"max_steps": 3}, eval={"max_users": 8},

@@ -36,8 +36,8 @@ training runs in `<out>/runs/` (large, not).
 targets' status; `update_markdown_section` splices it into benchmarks/NOTEBOOK.md between markers.
 """
 
-from peapod.grid.report import grid_markdown, machine_text, update_markdown_section
-from peapod.grid.run import (
+from peapod.bench.grid.report import grid_markdown, machine_text, update_markdown_section
+from peapod.bench.grid.run import (
     _generative_overrides,
     cell_command,
     load_results,
@@ -45,7 +45,7 @@ from peapod.grid.run import (
     run_cell,
     run_grid,
 )
-from peapod.grid.spec import (
+from peapod.bench.grid.spec import (
     BASELINES,
     GENERATIVE,
     INDEXING,

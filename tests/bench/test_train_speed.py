@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import save_model
 from typer.testing import CliRunner
 
+from peapod.bench.train_speed import _load_weights
 from peapod.cli import app
 from peapod.config import load_config
 from peapod.data import build_item_index
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
-from peapod.train.speed import _load_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["data.path=demo", "model.backbone=tiny", "model.cf_dim=16", "model.cf_iterations=4"]

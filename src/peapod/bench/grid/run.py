@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import peapod
-from peapod.grid.spec import (
+from peapod.bench.grid.spec import (
     GENERATIVE,
     INDEXING,
     PROTOCOLS,

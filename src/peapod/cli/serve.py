@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from peapod.cli_common import _split_list, check_device, fail, print_json
+from peapod.cli.common import _split_list, check_device, fail, print_json
 
 
 def register_serve_commands(app: typer.Typer) -> None:

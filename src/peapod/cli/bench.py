@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from peapod.cli_common import _split_list, fail, print_json
+from peapod.cli.common import _split_list, fail, print_json
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
 
@@ -27,7 +27,7 @@ def bench_eval_speed(
     if max_users < 1 or batch_size < 1 or repeats < 1 or (threads is not None and threads < 1):
         fail("--max-users, --batch-size, --repeats and --threads must be >= 1")
     _check_model_bench_args(run_dir, split)
-    from peapod.evaluate.bench import format_speed_table, run_eval_speed
+    from peapod.bench.eval_speed import format_speed_table, run_eval_speed
 
     try:
         result = run_eval_speed(run_dir, max_users=max_users, batch_size=batch_size, split=split, threads=threads, data=data, repeats=repeats)
@@ -73,8 +73,8 @@ def bench_train_speed(
         fail("--compare names the second arm's overrides (e.g. --compare model.dropout_masks=chunked)")
     import torch
 
+    from peapod.bench.train_speed import format_train_speed, time_training_steps
     from peapod.config import ConfigError, load_config
-    from peapod.train.speed import format_train_speed, time_training_steps
 
     try:
         arms = {"config": load_config(config, list(set_)), " ".join(compare): load_config(config, [*set_, *compare])}
@@ -115,7 +115,7 @@ def bench_user_prompts(
     if max_users < 0 or permutations < 1 or batch_size < 1 or (decoder_history is not None and decoder_history < 0):
         fail("--max-users and --decoder-history must be >= 0, --permutations and --batch-size >= 1")
     _check_model_bench_args(run_dir, split)
-    from peapod.evaluate.prompt_ablation import (
+    from peapod.bench.prompt_ablation import (
         format_ablation_table,
         run_user_prompt_ablation,
     )
@@ -164,7 +164,7 @@ def bench_retrieval(
 
 
 def _grid_selection(spec_path: str, datasets, variants, protocols, seeds):
-    from peapod.grid import GridError, load_grid_spec, plan_cells
+    from peapod.bench.grid import GridError, load_grid_spec, plan_cells
 
     try:
         spec = load_grid_spec(spec_path)
@@ -193,7 +193,7 @@ def bench_grid(
     """Run a benchmark grid ({dataset} x {variant} x {protocol} x {seed}); finished cells are never recomputed."""
     from tqdm.auto import tqdm
 
-    from peapod.grid import (
+    from peapod.bench.grid import (
         GridError,
         grid_markdown,
         load_results,
@@ -235,7 +235,7 @@ def bench_report(
     markdown: str = typer.Option(None, "--markdown", help="Write the section into this file (e.g. benchmarks/NOTEBOOK.md) instead of printing it."),
 ) -> None:
     """Aggregate a grid's finished cells into Markdown tables (POD anchors, ratios, targets)."""
-    from peapod.grid import grid_markdown, load_results, update_markdown_section
+    from peapod.bench.grid import grid_markdown, load_results, update_markdown_section
 
     spec, _, _ = _grid_selection(spec_path, None, None, None, None)
     out_dir = Path(out) if out else Path("benchmarks/results") / spec.name

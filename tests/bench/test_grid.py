@@ -12,8 +12,7 @@ import torch
 import yaml
 from train_runs import cli_env, peapod_cmd
 
-from peapod.config import RECIPES, load_config
-from peapod.grid import (
+from peapod.bench.grid import (
     POD_ANCHORS,
     Cell,
     GridError,
@@ -25,6 +24,7 @@ from peapod.grid import (
     run_grid,
     update_markdown_section,
 )
+from peapod.config import RECIPES, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_plan_runs_popularity_once_per_protocol_and_sasrec_like_a_generative_var
     assert plan_cells(spec, seeds=[1]) == [Cell("demo", "pod", "rigorous", 1), Cell("demo", "popularity", "legacy", 0),
                                            Cell("demo", "popularity", "rigorous", 0), Cell("demo", "sasrec", "rigorous", 1)]
     # the protocols of a baseline share one trained model
-    from peapod.grid.run import run_key
+    from peapod.bench.grid.run import run_key
 
     assert run_key(spec, Cell("demo", "sasrec", "legacy", 0)) == run_key(spec, Cell("demo", "sasrec", "rigorous", 0))
     with pytest.raises(GridError, match="beauty"):
@@ -279,7 +279,7 @@ def test_load_results_on_an_empty_folder(tmp_path):
 
 
 def test_ablations_are_extra_generative_variants_with_their_overrides(tmp_path):
-    from peapod.grid import _generative_overrides
+    from peapod.bench.grid import _generative_overrides
 
     spec = load_grid_spec(write_spec(tmp_path, ablations={"peapod-k3": {"base": "peapod-neighbors", "set": ["model.n_neighbors=3"]}},
                                      variants=["pod", "peapod-k3"], set=["train.lr=0.01"]))
@@ -306,8 +306,8 @@ def test_ablations_are_extra_generative_variants_with_their_overrides(tmp_path):
 
 
 def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_share_a_run(tmp_path):
-    from peapod.grid import _generative_overrides
-    from peapod.grid.run import run_key
+    from peapod.bench.grid import _generative_overrides
+    from peapod.bench.grid.run import run_key
 
     spec = load_grid_spec(write_spec(tmp_path, variants=["p5", "pod"], variant_set={"p5": ["train.lr=0.5"]}))
     p5, pod = (Cell("demo", v, "legacy", 0) for v in ("p5", "pod"))
@@ -325,8 +325,8 @@ def test_variant_set_applies_to_one_variant_and_protocols_with_one_indexing_shar
 
 
 def test_dataset_set_applies_to_one_dataset_and_an_ablation_lever_still_wins(tmp_path):
+    from peapod.bench.grid import _generative_overrides
     from peapod.config import load_config
-    from peapod.grid import _generative_overrides
 
     spec = load_grid_spec(write_spec(
         tmp_path, datasets={"demo": "demo", "other": "demo"}, dataset_set={"other": ["train.epochs=4"]},

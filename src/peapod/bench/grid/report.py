@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from peapod.grid.spec import (
+from peapod.bench.grid.spec import (
     BASELINES,
     INDEXING,
     LEGACY_COLUMNS,

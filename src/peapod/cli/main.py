@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from peapod.cli_baseline import baseline_app
-from peapod.cli_bench import bench_app
-from peapod.cli_common import _split_list, check_device, fail, print_json
-from peapod.cli_serve import register_serve_commands
+from peapod.cli.baseline import baseline_app
+from peapod.cli.bench import bench_app
+from peapod.cli.common import _split_list, check_device, fail, print_json
+from peapod.cli.serve import register_serve_commands
 from peapod.data.dataset import DataError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="PeaPOD: personalized generative recommendation.")
@@ -256,7 +256,7 @@ def evaluate_command(
     typer.echo(f"wrote {target}", err=True)
 
 
-register_serve_commands(app)  # recommend, explain, serve (peapod.cli_serve)
+register_serve_commands(app)  # recommend, explain, serve (peapod.cli.serve)
 
 
 # Demo ------------------------------------------------------------------------------------------
@@ -303,7 +303,3 @@ def main() -> None:
     except (DataError, RunLocked, ResumeError, MissingExtra) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

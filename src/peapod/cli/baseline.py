@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from peapod.cli_common import fail
+from peapod.cli.common import fail
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Score-based baselines on the same splits, candidates and protocol.")
 
