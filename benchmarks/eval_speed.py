@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from peapod.evaluate.bench import format_speed_table, run_eval_speed
+from peapod.bench.eval_speed import format_speed_table, run_eval_speed
 from peapod.io import write_json_atomic
 
 

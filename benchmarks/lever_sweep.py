@@ -28,8 +28,8 @@ def _run_one(args: tuple) -> dict:
 
     torch.set_num_threads(threads)
     from peapod.config import load_config
-    from peapod.evaluate.runner import evaluate_run
-    from peapod.train.trainer import train
+    from peapod.evaluate.protocol import evaluate_run
+    from peapod.train.loop import train
 
     cfg = load_config(config, [f"data.path={data}", *overrides])
     run_dir = Path(out) / "runs" / name

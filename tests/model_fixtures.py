@@ -12,8 +12,8 @@ import torch
 
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.indexing import build_item_index, user_text
+from peapod.inputs.prompt import TASK_IDS, encode_inputs, encode_targets, fill_template
 from peapod.model.peapod import ModelConfig, build_model
-from peapod.model.text import TASK_IDS, encode_inputs, encode_targets, fill_template
 
 N_USERS, N_ITEMS = 60, 40
 K = 5  # neighbours

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory):
     from peapod.config import load_config
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     cfg = load_config(
         "tiny",

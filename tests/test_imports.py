@@ -61,7 +61,7 @@ def test_the_fixture_graph_finds_a_circle():
 
 def test_no_import_circle():
     graph = import_graph()
-    assert "peapod.train.id_batches" in graph and "peapod.train.sequences" in graph["peapod.train.prefix_prompts"]
+    assert "peapod.train.id_batches" in graph and "peapod.inputs.examples" in graph["peapod.inputs.owners"]
     assert cycles(graph) == []
 
 
@@ -69,15 +69,29 @@ def _package(module: str) -> str:
     return module.split(".")[1] if module.count(".") else ""
 
 
+def test_inputs_build_on_the_data_alone_and_the_model_on_inputs():
+    # data -> inputs -> model -> train / infer: where an example becomes model input sits under the network.
+    graph = import_graph()
+    for package, allowed in (("inputs", {"data", "inputs"}), ("model", {"data", "inputs", "model", "io"})):
+        reach = {m: sorted(d for d in deps if _package(d) not in allowed) for m, deps in graph.items() if _package(m) == package}
+        assert {m: d for m, d in reach.items() if d} == {}, package
+
+
 def test_serving_and_inference_do_not_reach_up_the_flow():
     graph = import_graph()
-    upward = {"train", "evaluate", "grid", "report", "demo"}
+    upward = {"train", "evaluate", "bench", "report", "demo"}
     bad = {m: sorted(d for d in deps if _package(d) in upward) for m, deps in graph.items() if _package(m) in ("serve", "infer")}
     assert {m: d for m, d in bad.items() if d} == {}
 
 
 def test_only_the_training_side_imports_training():
     graph = import_graph()
-    allowed = ("peapod.train", "peapod.demo", "peapod.grid", "peapod.cli")
+    allowed = ("peapod.train", "peapod.demo", "peapod.bench", "peapod.cli")
     bad = {m: sorted(d for d in deps if d.startswith("peapod.train")) for m, deps in graph.items() if not m.startswith(allowed)}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_nothing_below_the_lab_wing_imports_it():
+    graph = import_graph()
+    bad = {m: sorted(d for d in deps if d.startswith("peapod.bench")) for m, deps in graph.items() if not m.startswith(("peapod.bench", "peapod.cli"))}
     assert {m: d for m, d in bad.items() if d} == {}

@@ -15,7 +15,7 @@ from train_runs import TINY, cli_env, log_events, make_mini_p5, peapod_cmd, set_
 from peapod.config import load_config
 from peapod.data.dataset import DataError
 from peapod.rundir import LOCK_NAME, ResumeError, RunLocked, check_resume, data_identity, run_lock
-from peapod.train.trainer import train
+from peapod.train.loop import train
 
 SHORT = ["train.batch_size=8", "train.epochs=1", "train.max_steps=3", "train.checkpoint_every=3", "train.val_max_users=8",
          "objective.topn_candidates=10", "train.max_input_length=128", "eval.batch_size=16", "model.cf_iterations=2"]
@@ -138,7 +138,7 @@ def test_a_checkpoint_config_is_compared_in_todays_form(tmp_path):
 
 def test_a_run_saved_before_the_objective_resumes_under_todays_config(tmp_path):
     from peapod.config import load_config
-    from peapod.train.trainer import current_form
+    from peapod.train.setup import current_form
 
     fixture = Path(__file__).parent / "fixtures" / "config_before_objective_laptop.json"
     ckpt = tmp_path / "checkpoint"

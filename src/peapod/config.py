@@ -78,8 +78,9 @@ class ModelSection(_Section):
 
 
 class DenseObjective(_Section):
-    """The recipe's objective (module docstring). Its fixed choices are class constants, read by the
-    training inputs under the names of the published objective's."""
+    """The recipe's objective (module docstring). What it fixes that the model and the epoch selection
+    read are class constants, under the published objective's names; the rest is its training inputs
+    (`peapod.train.id_batches`)."""
 
     kind: Literal["dense"] = "dense"
     item_targets: int = Field(5, ge=1, le=64, description="next items the decoder writes per item example (teacher-forced)")
@@ -89,16 +90,9 @@ class DenseObjective(_Section):
         "(the question step j was trained on; needs item_targets > j)",
     )
 
-    input_encoding: ClassVar[str] = "ids"
-    seq_positions: ClassVar[str] = "all"
-    item_softmax: ClassVar[str] = "items"
-    prompt_history: ClassVar[str] = "prefix"
     history_order: ClassVar[str] = "newest-first"
     topn_input: ClassVar[str] = "user"
-    batch_grouping: ClassVar[str] = "length"
     select_by: ClassVar[str] = "ndcg"
-    schedule: ClassVar[str] = "rotate"
-    topn_candidates: ClassVar[None] = None
 
     @model_validator(mode="after")
     def _decoder_reads_what_it_learned(self) -> DenseObjective:
@@ -117,13 +111,8 @@ class PublishedObjective(_Section):
     topn_candidates: int = Field(100, ge=2, description="1 positive + negatives in a training top-n input")
     schedule: Literal["rotate", "mixed"] = Field("rotate", description="one task per batch in turn, or tasks mixed in a batch")
 
-    input_encoding: ClassVar[str] = "text"
-    seq_positions: ClassVar[str] = "one"
-    item_softmax: ClassVar[str] = "vocab"
-    prompt_history: ClassVar[str] = "full"
     history_order: ClassVar[str] = "oldest-first"
     topn_input: ClassVar[str] = "candidates"
-    batch_grouping: ClassVar[str] = "random"
     select_by: ClassVar[str] = "loss"
     item_targets: ClassVar[int] = 1
     decoder_history: ClassVar[int] = 0
@@ -288,7 +277,7 @@ def migrate(raw: dict) -> dict:
     objective: dict = {"kind": "dense" if dense else "published"}
     for key, name in _TO_OBJECTIVE.items():
         value = _get(out, key, _MISSING)
-        if value is _MISSING or (dense and name == "topn_candidates"):  # dense trains no candidate lists
+        if value is _MISSING or (dense and name in ("topn_candidates", "schedule")):  # no candidate lists; rotate only
             continue
         if name in kind.model_fields:
             objective[name] = value

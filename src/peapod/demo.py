@@ -137,9 +137,10 @@ def run_demo(
     paths are always echoed.
     """
     from peapod.data.loaders import describe_demo
-    from peapod.evaluate.runner import evaluate_run, load_setup
+    from peapod.evaluate.protocol import evaluate_run
+    from peapod.evaluate.tasks import load_setup
     from peapod.report import compare_table, write_report
-    from peapod.train.trainer import train
+    from peapod.train.loop import train
 
     def say(line: str) -> None:
         if not quiet:

@@ -1,5 +1,5 @@
 """The per-task half of evaluation: what an evaluation reads (`EvalSetup`, `load_setup`) and one task's
-model outputs over a split (`evaluate_task`), before `peapod.evaluate.runner.evaluate_run` turns them
+model outputs over a split (`evaluate_task`), before `peapod.evaluate.protocol.evaluate_run` turns them
 into metrics. The protocol presets and decoding names live here too."""
 
 from __future__ import annotations
@@ -16,21 +16,19 @@ from tqdm.auto import tqdm
 from peapod.config import RunConfig
 from peapod.data.dataset import Dataset, Explanation
 from peapod.data.explanations import run_explanation_split
-from peapod.data.loaders import is_embedded, load_dataset
 from peapod.data.negatives import candidate_list, ensure_negatives, read_negatives
 from peapod.infer.predictor import (
     Predictor,
     Request,
     normalize_task,
-    resolve_model_dir,
 )
+from peapod.infer.run import open_run
 from peapod.metrics.ranking import (
     PROTOCOL_HISTORY,
     metrics_from_ranked_lists,
     rank_of_target,
     ranking_metrics,
 )
-from peapod.model.peapod import load_bundle
 
 TASK_ORDER = ("sequential", "topn", "explanation")
 SEQ_DECODINGS = ("beam", "constrained", "full")
@@ -88,32 +86,17 @@ def load_setup(path: str | Path, data: str | None = None, device: str | torch.de
         dataset does not match the model; DataError: unreadable data.
     """
     t0 = time.perf_counter()
-    model_dir, run_dir, saved = resolve_model_dir(path)
-    cfg = saved or RunConfig()
-    bundle = load_bundle(model_dir, device="cpu")
-    data_path = data if data is not None else cfg.data.path
-    if data_path is None and is_embedded(bundle.extra.get("dataset", "")):
-        data_path = bundle.extra["dataset"]  # an embedded dataset is found by its name
-    if data_path is None:
-        raise ValueError(f"{path}: no dataset known for this model; pass --data (a P5 directory, a table, 'demo' or 'demo-toys')")
-    ds = load_dataset(data_path)
-    if ds.user_ids != bundle.user_ids or ds.item_ids != bundle.item_ids:
-        raise ValueError(
-            f"dataset {data_path!r} ({ds.n_users} users, {ds.n_items} items) is not the one the model was trained on "
-            f"({len(bundle.user_ids)} users, {len(bundle.item_ids)} items, same ids in the same order)"
-        )
-    home = run_dir if run_dir is not None else model_dir
+    run = open_run(path, data=data, device=device, decoder_history=decoder_history)
+    ds, home = run.dataset, run.run_dir if run.run_dir is not None else run.model_dir
     cache = home / "negative_samples.txt"
     if cache.is_file():
         negatives, source = read_negatives(ds, cache), str(cache)
     elif ds.negatives is not None:
-        negatives, source = ds.negatives, f"dataset {data_path} (its own negative_samples.txt)"
+        negatives, source = ds.negatives, f"dataset {run.data_path} (its own negative_samples.txt)"
     else:
-        seed = cfg.data.negatives_seed
+        seed = run.config.data.negatives_seed
         negatives, source = ensure_negatives(ds, cache, seed=seed), f"{cache} (sampled, seed {seed})"
-    predictor = Predictor(bundle, device=device, max_history=cfg.train.max_history, decoder_history=decoder_history)
-    predictor.read_training_data(ds, cfg)
-    return EvalSetup(predictor, ds, negatives, source, model_dir, run_dir, cfg, str(data_path), time.perf_counter() - t0)
+    return EvalSetup(run.predictor, ds, negatives, source, run.model_dir, run.run_dir, run.config, run.data_path, time.perf_counter() - t0)
 
 
 # ---- per-task evaluation ----------------------------------------------------------------------

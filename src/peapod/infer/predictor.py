@@ -3,7 +3,7 @@
 A `Predictor` wraps a `ModelBundle` and answers batches of `Request`s, each one (task, user, items):
 
 * `encode(requests)` writes every request's encoder text in the evaluation form (the bare template for
-  pod/peapod, template 0 for p5; see `peapod.model.text.eval_template`), tokenizes the batch and runs
+  pod/peapod, template 0 for p5; see `peapod.inputs.prompt.eval_template`), tokenizes the batch and runs
   the encoder **once**. Every other method accepts either a list of requests or that `Encoded` batch,
   so one encoder pass can feed several decoders.
 * users: `Request.user` is a training user's internal index; `None` is a user the model never saw.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessorList
@@ -49,9 +48,9 @@ from peapod.infer.scoring import item_token_matrix, score_all_items, score_candi
 from peapod.infer.topk_search import TreeChildren, search_top_k
 from peapod.infer.trie import ItemTrie
 from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
+from peapod.inputs.prompt import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
 from peapod.metrics.ranking import mask_items
-from peapod.model.peapod import ModelBundle, load_bundle
-from peapod.model.text import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
+from peapod.model.peapod import ModelBundle
 
 __all__ = [
     "EXPLANATION_DECODINGS",
@@ -70,7 +69,7 @@ class Predictor:
         bundle: the model with its tokenizer, item index and id maps (`load_bundle`).
         device: where to run; default CUDA when available, else CPU.
         max_history: most recent history items written into a sequential input (the run's
-            `train.max_history`; `Predictor.load` reads it from the run directory).
+            `train.max_history`; `peapod.infer.run.open_run` reads it from the run directory).
         max_input_length: encoder token budget; longer inputs are cut and reported in
             `Encoded.truncated` (the default leaves room for 100 top-n candidates).
         decoder_history: j most recent items teacher-forced into the decoder before the scored step
@@ -120,17 +119,6 @@ class Predictor:
         retrieval for `explanation_context: retrieved` (fitted on the run's training explanations)."""
         if self.model.config.explanation_context == "retrieved":
             self.retrieval = ExplanationRetrieval.for_run(ds, run_config)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, **kwargs) -> Predictor:
-        """A predictor for a run directory or a model directory (see `resolve_model_dir`).
-
-        `max_history` defaults to the run's `train.max_history` when the run config is found.
-        """
-        model_dir, _, cfg = resolve_model_dir(path)
-        if cfg is not None and "max_history" not in kwargs:
-            kwargs["max_history"] = cfg.train.max_history
-        return cls(load_bundle(model_dir, device="cpu"), device=device, **kwargs)
 
     # ---- facts about the model ----------------------------------------------------------------
     @property

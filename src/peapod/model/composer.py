@@ -2,7 +2,7 @@
 
 Both composers take the user's CF query vector and, for `neighbors`, the indices of its k most
 similar training users. Serving a user unseen in training passes a folded-in query vector and its
-neighbours computed on the fly (see `peapod.model.cf`).
+neighbours computed on the fly (see `peapod.data.cf`).
 """
 
 from __future__ import annotations

@@ -21,15 +21,16 @@ from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from peapod.data.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.data.dataset import Dataset
 from peapod.data.indexing import ItemIndex, user_text
+from peapod.inputs.prompt import TASK_IDS, TASKS
+from peapod.inputs.tokenizer import atomic_item_tokens, template_corpus, train_tokenizer
 from peapod.io import atomic_directory, write_json_atomic
-from peapod.model.cf import ALSConfig, fold_in, nearest_neighbors, train_als
 from peapod.model.composer import NeighborComposer, PoolComposer
 from peapod.model.copy_head import NO_SOURCE, CopyHead, copy_sources
 from peapod.model.dropout import DROPOUT_MASKS, set_dropout, use_chunked_dropout
 from peapod.model.item_head import init_item_embeddings, restricted_lm_output
-from peapod.model.text import TASK_IDS, TASKS, atomic_item_tokens, template_corpus, train_tokenizer
 
 VARIANTS = ("p5", "pod", "peapod")
 COMPOSERS = ("neighbors", "pool")

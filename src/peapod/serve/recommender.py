@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
-from peapod.config import RunConfig
 from peapod.data.dataset import Dataset
-from peapod.infer.predictor import Predictor, Request, resolve_model_dir
+from peapod.infer.predictor import Predictor, Request
+from peapod.infer.run import check_same_data, open_run
 from peapod.serve.inputs import (
     MAX_CANDIDATES,
     MAX_HISTORY,
@@ -87,11 +87,8 @@ class Recommender:
         self.model_dir = model_dir
         self.run_dir = run_dir
         self.data_path = data_path
-        if dataset is not None and (dataset.user_ids != predictor.bundle.user_ids or dataset.item_ids != predictor.bundle.item_ids):
-            raise ValueError(
-                f"dataset {dataset.name!r} ({dataset.n_users} users, {dataset.n_items} items) is not the one the model "
-                f"was trained on ({predictor.n_users} users, {predictor.n_items} items, same ids in the same order)"
-            )
+        if dataset is not None:
+            check_same_data(dataset, predictor.bundle, dataset.name)
         self._lock = threading.RLock()
 
     # ---- construction -------------------------------------------------------------------------
@@ -120,28 +117,8 @@ class Recommender:
             FileNotFoundError: no model at `path`. ValueError: no dataset can be determined, or it is
             not the one the model was trained on. DataError: unreadable data.
         """
-        from peapod.data.loaders import is_embedded, load_dataset
-
-        model_dir, run_dir, cfg = resolve_model_dir(path)
-        kwargs = {} if max_history is None else {"max_history": int(max_history)}
-        predictor = Predictor.load(path, device=device, **kwargs)
-        ds, data_path = None, None
-        if isinstance(data, Dataset):
-            ds, data_path = data, data.source or data.name
-        else:
-            data_path = str(data) if data is not None else None
-            if data_path is None and cfg is not None:
-                data_path = cfg.data.path
-            if data_path is None and is_embedded(predictor.bundle.extra.get("dataset", "")):
-                data_path = predictor.bundle.extra["dataset"]  # an embedded dataset is found by its name
-            if data_path is None:
-                raise ValueError(
-                    f"{path}: no dataset known for this model (needed for users' histories); "
-                    "pass data= (a P5 directory, a table, 'demo' or 'demo-toys')"
-                )
-            ds = load_dataset(data_path)
-        predictor.read_training_data(ds, cfg or RunConfig())
-        rec = cls(predictor, ds, model_dir=model_dir, run_dir=run_dir, data_path=data_path)
+        run = open_run(path, data=data, device=device, max_history=max_history)
+        rec = cls(run.predictor, run.dataset, model_dir=run.model_dir, run_dir=run.run_dir, data_path=run.data_path)
         if warm_up:
             rec.warm_up()
         return rec

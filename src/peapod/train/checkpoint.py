@@ -11,6 +11,7 @@ No pickle: nothing here is read with torch.load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -132,3 +133,12 @@ def tidy_run_directory(run_dir: str | Path, names: tuple[str, ...] = ("checkpoin
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over all parameters and buffers, in name order: equal digests mean equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,135 +1,45 @@
-"""Training and validation batches built as token ids (the dense objective's inputs, `peapod.config`).
+"""Training and validation batches of the dense objective (`peapod.config`), built as token ids.
 
-An epoch's examples are index arrays (user, input items, target items), drawn with numpy from a
-generator seeded by (seed, epoch, task), and encoded once per epoch through `TokenTables`; a batch
-is a slice of those matrices. Inputs are the bare evaluation form (`user items...`), so validation
-and test read exactly what training read. Levers, each a config switch:
+An epoch's examples are rows of internal indices (`peapod.inputs.examples`: user, input items, target
+items), drawn with numpy from a generator seeded by (seed, epoch, task), and encoded once per epoch
+through `TokenTables`; a batch is a slice of those matrices. Inputs are the bare evaluation form
+(`user items...`), so validation and test read exactly what training read. The objective's parts:
 
-* `seq_positions`: `one` random position per user and epoch (a random contiguous history
-  segment before it, as the text sampler), or `all` training positions (the last `max_history`
-  items before each).
-* `item_targets` m: the decoder writes the next m training items teacher-forced (sequential),
-  or m of the user's training items in random order (candidate-free top-n); the first is the one
-  evaluation scores. m = 1 keeps the text path's `item </s>` target.
-* `topn_input`: `candidates` (a training positive among fresh negatives, shuffled) or `user`
-  (no items in the input: the prompts carry the user).
-* `item_softmax: items`: item tasks normalize their loss over the item tokens only.
-* `prompt_history: prefix` (peapod): an item example's user prompt is built from the CF vector
-  folded in from the training items before its target (and that vector's nearest other users), as a
-  test user's prompt is built from the items before the test item. With `full`, every example reads
-  the CF vector of all the user's training items, which holds the target itself: the model learns to
-  read its targets back out of the prompt, which no test example allows (`PrefixPrompts`).
-* `history_order: newest-first`: sequential inputs list the history most recent item first.
-* `batch_grouping: length`: batches hold rows of about the same input length (`batch_order`).
+* every training position is a sequential example, with the last `max_history` items before it;
+* the decoder writes the next `item_targets` training items teacher-forced (sequential), or that many
+  of the user's training items in random order (candidate-free top-n: no items in the input, the
+  prompts carry the user); the first is the one evaluation scores;
+* item tasks normalize their loss over the item tokens only;
+* a peapod example's user prompt is built from the CF vector folded in from the training items before
+  its target (and that vector's nearest other users), as a test user's prompt is built from the items
+  before the test item (`PrefixPrompts`). The CF vector of all the user's training items holds the
+  target itself: a model trained on it learns to read its targets back out of the prompt, which no
+  test example allows;
+* sequential inputs list the history most recent item first;
+* batches hold rows of about the same input length (`batch_order`).
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from peapod.data.dataset import Dataset, Explanation, validation_users
-from peapod.data.negatives import candidate_list
-from peapod.model.text import TASK_IDS
+from peapod.inputs.examples import (
+    TaskRows,
+    TrainSequences,
+    explanation_rows,
+    newest_first,
+    sequential_rows,
+    take_turns,
+    topn_rows,
+)
+from peapod.inputs.owners import PrefixPrompts
+from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
 from peapod.train.batch_order import batch_rows
-from peapod.train.prefix_prompts import PrefixPrompts
-from peapod.train.samplers import sample_negatives_for
-from peapod.train.sequences import TrainSequences
-from peapod.train.token_tables import TokenTables, context_tokens, sentence_labels
-
-
-@dataclass
-class TaskRows:
-    """One task's examples as index arrays.
-
-    users: [N] whose prompt; text_users: [N] user-table row written in the input (generic after
-    dropout); inputs: [N, H] input items (-1 padded); targets: [N, M] target items (item tasks);
-    sentences: [N] explanation record index (explanation).
-    """
-
-    task: str
-    users: np.ndarray
-    text_users: np.ndarray
-    inputs: np.ndarray
-    targets: np.ndarray | None = None
-    sentences: np.ndarray | None = None
-    prefix: np.ndarray | None = None  # [N] training items the prompt is folded in from (prompt_history prefix)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def newest_first(items: np.ndarray) -> np.ndarray:
-    """Each row's items (left-aligned, -1 padded) in reverse order, still left-aligned."""
-    n = (items >= 0).sum(1, keepdims=True)
-    j = np.arange(items.shape[1])[None, :]
-    src = np.where(j < n, n - 1 - j, 0)
-    return np.where(j < n, np.take_along_axis(items, src, axis=1), -1)
-
-
-def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
-    # User-id dropout: the prompt, not the id string, has to carry the user.
-    return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
-
-
-def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, positions: str, dropout: float, generic: int) -> TaskRows:
-    """History before a target position -> the next m training items."""
-    has = np.nonzero(seqs.lengths >= 2)[0]
-    if positions == "all":
-        counts = seqs.lengths[has] - 1
-        users = np.repeat(has, counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        t = np.arange(len(users)) - first + 1  # 1 .. length-1 per user
-        start = np.maximum(0, t - max_history)
-    else:
-        users = has
-        t = rng.integers(1, seqs.lengths[has])  # target position; the last two items of the sequence are never seen
-        start = rng.integers(np.maximum(0, t - max_history), t)
-    inputs = seqs.window(users, start, t, max_history)
-    targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
-    return TaskRows("sequential", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
-
-
-def topn_rows(seqs: TrainSequences, user_items: list[set[int]], n_items: int, rng, topn_input: str, n_candidates: int, m: int, dropout: float, generic: int, prefix: bool = False) -> TaskRows:
-    """A training positive -> itself. `candidates`: among n_candidates - 1 fresh negatives, shuffled.
-    `user`: no input items; the targets are m of the user's training items in random order, or with
-    `prefix` the m items after a random position t >= 1, whose prompt is folded in from the first t."""
-    if topn_input == "user" and prefix:
-        users = np.nonzero(seqs.lengths >= 2)[0]
-        t = rng.integers(1, seqs.lengths[users])
-        targets = seqs.window(users, t, np.minimum(t + m, seqs.lengths[users]), m)
-        inputs = np.zeros((len(users), 0), dtype=np.int64)
-        return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets, prefix=t)
-    users = np.nonzero(seqs.lengths >= 1)[0]
-    if topn_input == "user":
-        # A random order of each user's training items: sort random keys within each user.
-        owner = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
-        order = np.lexsort((rng.random(len(seqs.flat)), owner))
-        shuffled = TrainSequences(seqs.flat[order], seqs.offsets, seqs.lengths)
-        targets = shuffled.window(users, np.zeros_like(users), np.minimum(m, seqs.lengths[users]), m)
-        inputs = np.zeros((len(users), 0), dtype=np.int64)
-    else:
-        pick = rng.integers(0, seqs.lengths[users])
-        pos = seqs.flat[seqs.offsets[users] + pick]
-        py = random.Random(int(rng.integers(2**63)))
-        cands = []
-        for u, p in zip(users.tolist(), pos.tolist()):
-            row = sample_negatives_for(user_items[u], n_items, n_candidates - 1, py) + [p]
-            py.shuffle(row)
-            cands.append(row)
-        inputs = np.array(cands, dtype=np.int64).reshape(len(users), n_candidates)
-        targets = pos[:, None]
-    return TaskRows("topn", users, _dropout(users, rng, dropout, generic), inputs, targets)
-
-
-def explanation_rows(records: list[Explanation], rng, dropout: float, generic: int) -> TaskRows:
-    users = np.array([e.user for e in records], dtype=np.int64)
-    items = np.array([[e.item] for e in records], dtype=np.int64).reshape(len(records), 1)
-    text_users = _dropout(users, rng, dropout, generic) if rng is not None else users
-    return TaskRows("explanation", users, text_users, items, sentences=np.arange(len(records)))
+from peapod.train.distributed import rank_share
 
 
 @dataclass
@@ -175,24 +85,6 @@ class EncodedRows:
         return out
 
 
-def _pad_to(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
-
-
-def concat_rows(parts: list[EncodedRows]) -> EncodedRows:
-    """All rows of several tasks in one table (mixed schedule); needs no label_space."""
-    w = max(p.input_ids.shape[1] for p in parts)
-    lw = max(p.labels.shape[1] for p in parts)
-    prompts = all(p.cf_query is not None for p in parts)
-    return EncodedRows(
-        torch.cat([p.task_ids for p in parts]), torch.cat([p.users for p in parts]),
-        torch.cat([_pad_to(p.input_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.attention_mask, w, 0) for p in parts]),
-        torch.cat([_pad_to(p.whole_word_ids, w, 0) for p in parts]), torch.cat([_pad_to(p.labels, lw, -100) for p in parts]),
-        cf_query=torch.cat([p.cf_query for p in parts]) if prompts else None,
-        neighbors=torch.cat([p.neighbors for p in parts]) if prompts else None,
-    )
-
-
 class IdEpoch:
     """The batches of one epoch: (table, row indices) pairs, in training order."""
 
@@ -207,13 +99,9 @@ class IdEpoch:
         return self.tasks[position]
 
     def batch(self, position: int, rank: int, world: int, device: torch.device) -> tuple[dict, int]:
-        """(model inputs of this rank's share, global batch size). Ranks take rows rank::world; a batch
-        smaller than the world repeats a row so every rank joins the gradient all-reduce."""
+        """(model inputs of this rank's share (`rank_share`), global batch size)."""
         table, rows = self.plan[position]
-        mine = rows[rank::world]
-        if len(mine) == 0:
-            mine = rows[rank % len(rows) : rank % len(rows) + 1]
-        return table.batch(mine, device), len(rows)
+        return table.batch(rank_share(rows, rank, world), device), len(rows)
 
 
 class IdTrainingData:
@@ -227,14 +115,13 @@ class IdTrainingData:
         self.ds, self.cfg, self.max_words, self.prompts = ds, cfg, max_words, prompts
         self.tables = TokenTables.build(tokenizer, index, ds.n_users)
         self.seqs = TrainSequences.from_dataset(ds)
-        self.user_items = [set(s) for s in ds.sequences] if cfg.objective.topn_input == "candidates" else []
         self.explanations = explanations
         self.tokenizer = tokenizer
         self.sentences = sentence_labels(tokenizer, [e.text for e in explanations], cfg.train.max_target_length)
         self.contexts = None if contexts is None else context_tokens(tokenizer, contexts, cfg.train.max_input_length)
         m = cfg.objective.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
-        self.item_space = torch.from_numpy(space) if cfg.objective.item_softmax == "items" else None
+        self.item_space = torch.from_numpy(space)  # item tasks normalize over the item tokens only
         self._cached: tuple[int, IdEpoch] | None = None
 
     def encode(self, rows: TaskRows, sentences: np.ndarray | None = None, contexts: tuple[np.ndarray, np.ndarray] | None = None) -> EncodedRows:
@@ -242,7 +129,7 @@ class IdTrainingData:
         `sentences` and `contexts` (default the training records')."""
         t = self.cfg.train
         inputs = rows.inputs
-        if rows.task == "sequential" and self.cfg.objective.history_order == "newest-first":
+        if rows.task == "sequential":
             inputs = newest_first(inputs)
         context = None
         if rows.task == "explanation":
@@ -256,8 +143,8 @@ class IdTrainingData:
         else:
             labels = self.tables.item_labels(rows.targets, eos=self.cfg.objective.item_targets == 1)
             space = self.item_space
-            # Ranking the first label token is the evaluation's ranking only when an item is one token.
-            ranked = torch.from_numpy(self.tables.item_space) if self.tables.item_tokens.shape[1] == 1 else None
+            # The first label token is the item (one token per item): ranking it is the evaluation's ranking.
+            ranked = torch.from_numpy(self.tables.item_space)
         n = len(rows)
         query = neighbors = None
         if self.prompts is not None:
@@ -271,12 +158,9 @@ class IdTrainingData:
     def task_rows(self, task: str, rng: np.random.Generator) -> TaskRows | None:
         t, o, g = self.cfg.train, self.cfg.objective, self.tables.generic_user
         if task == "sequential":
-            return sequential_rows(self.seqs, rng, t.max_history, o.item_targets, o.seq_positions, t.user_dropout, g)
+            return sequential_rows(self.seqs, rng, t.max_history, o.item_targets, t.user_dropout, g)
         if task == "topn":
-            return topn_rows(
-                self.seqs, self.user_items, self.ds.n_items, rng, o.topn_input, o.topn_candidates, o.item_targets, t.user_dropout, g,
-                prefix=self.prompts is not None,
-            )
+            return topn_rows(self.seqs, rng, o.item_targets, t.user_dropout, g, prefix=self.prompts is not None)
         if task == "explanation" and self.explanations:
             return explanation_rows(self.explanations, rng, t.user_dropout, g)
         return None
@@ -284,7 +168,7 @@ class IdTrainingData:
     def epoch(self, epoch: int) -> IdEpoch:
         if self._cached is not None and self._cached[0] == epoch:
             return self._cached[1]
-        t, o = self.cfg.train, self.cfg.objective
+        t = self.cfg.train
         tables = []
         for task in t.tasks:
             rows = self.task_rows(task, np.random.default_rng([t.seed, epoch, TASK_IDS[task]]))
@@ -292,33 +176,21 @@ class IdTrainingData:
                 tables.append((task, self.encode(rows)))
         rng = np.random.default_rng([t.seed, epoch, 99])
         plan, tasks = [], []
-        if o.schedule == "mixed" and tables:
-            table = concat_rows([e for _, e in tables])
-            for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping):
-                plan.append((table, rows))
-                tasks.append("mixed")
-        else:  # rotate: one task per batch, tasks take turns
-            queues = []
-            for task, table in tables:
-                batches = batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, o.batch_grouping)
-                queues.append([(task, table, rows) for rows in batches])
-            for turn in range(max((len(q) for q in queues), default=0)):
-                for q in queues:
-                    if turn < len(q):
-                        task, table, rows = q[turn]
-                        plan.append((table, rows))
-                        tasks.append(task)
+        queues = [[(task, table, rows) for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, "length")] for task, table in tables]
+        for task, table, rows in take_turns(queues):
+            plan.append((table, rows))
+            tasks.append(task)
         result = IdEpoch(plan, tasks)
         self._cached = (epoch, result)
         return result
 
     def validation(
-        self, negatives: list[list[int]], explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first",
+        self, explanations_val: list[Explanation], max_users: int | None, users_sample: str = "first",
         contexts_val: list[str] | None = None,
     ) -> dict[str, EncodedRows]:
         """Fixed validation tables per task for `validation_users(n_users, max_users, users_sample)`, in
         the evaluation input form: the last max_history training
-        items -> the validation item; top-n as the model reads it; held-out explanations. With
+        items -> the validation item; top-n without candidates; held-out explanations. With
         `objective.decoder_history` j (atomic items), the user's last j training items go into the decoder
         before the validation item, as the evaluation hands them (`Predictor.decoder_items`:
         sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
@@ -327,7 +199,7 @@ class IdTrainingData:
         users = np.array(validation_users(ds.n_users, max_users, users_sample), dtype=np.int64)
         val_items = np.array([ds.history_and_target(int(u), "val")[1] for u in users], dtype=np.int64)
         stop = self.seqs.lengths[users]
-        j = o.decoder_history if self.tables.item_tokens.shape[1] == 1 else 0
+        j = o.decoder_history
         out = {}
         if "sequential" in t.tasks:
             steps = np.minimum(j, np.maximum(stop - 1, 0))
@@ -335,13 +207,8 @@ class IdTrainingData:
             hist = self.seqs.window(users, np.maximum(0, end - t.max_history), end, t.max_history)
             out["sequential"] = self._validation_table("sequential", users, hist, end, stop, steps, val_items, j)
         if "topn" in t.tasks:
-            if o.topn_input == "user":
-                inputs = np.zeros((len(users), 0), dtype=np.int64)
-                steps = np.minimum(j, stop)
-            else:  # the decoder was trained on one item here: no history in it
-                rows = [candidate_list(t, negatives[u][: o.topn_candidates - 1], u) for u, t in zip(users.tolist(), val_items.tolist())]
-                inputs = np.array(rows, dtype=np.int64)
-                steps = np.zeros_like(stop)
+            inputs = np.zeros((len(users), 0), dtype=np.int64)
+            steps = np.minimum(j, stop)
             out["topn"] = self._validation_table("topn", users, inputs, stop - steps, stop, steps, val_items, j)
         if "explanation" in t.tasks and explanations_val:
             sentences = sentence_labels(self.tokenizer, [e.text for e in explanations_val], t.max_target_length)

@@ -1,5 +1,5 @@
 """Validation during training: per-task loss and, for item tasks over atomic items, the NDCG@10 the
-evaluation would give the validation item (`train.select_by: ndcg` picks the best epoch by it).
+evaluation would give the validation item (the dense objective picks the best epoch by it).
 
 With `objective.decoder_history` j > 0 a validation row's decoder is handed the user's last j training
 items before the validation item (`IdTrainingData.validation`), and the row is read at step j, as
@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
+from peapod.inputs.examples import Example
 from peapod.metrics.ranking import ndcg_gains
+from peapod.train.distributed import all_reduce_sum
 from peapod.train.id_batches import EncodedRows
-from peapod.train.samplers import Example
-
-
-def all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def scored_step(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,1 @@
+"""Where an example becomes model input: which examples a run draws (`examples`), how a prompt is written as text or as token ids (`prompt`), the tokenizer (`tokenizer`), and whose soft prompt an example reads (`owners`)."""

@@ -1,0 +1,183 @@
+"""A training run's parts, set up in the order of its random draws: the run directory (a resume checked
+against its checkpoint), the data and its fixed candidates, the model, the epoch planner, the optimizer
+and its schedule, the trainer state, the validation tables and the logs. `peapod.train.loop` trains it."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from peapod.config import RunConfig, saved_config
+from peapod.data import build_item_index
+from peapod.data.dataset import Dataset
+from peapod.data.explanations import split_explanations
+from peapod.data.loaders import load_dataset
+from peapod.data.negatives import ensure_negatives, write_negatives
+from peapod.extras import available
+from peapod.inputs.examples import epoch_batches, validation_examples
+from peapod.io import write_json_atomic
+from peapod.model.peapod import ModelBundle, build_model, load_bundle
+from peapod.rundir import check_resume, data_identity
+from peapod.runtime import share_cpu
+from peapod.train.batches import TextEpoch, explanation_contexts, id_training_data
+from peapod.train.checkpoint import load_checkpoint, tidy_run_directory
+from peapod.train.distributed import dist_setup
+
+
+def linear_warmup_decay(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
+    """Load the dataset (unless given) and the run's fixed negatives (sampled once, then read back)."""
+    if ds is None:
+        ds = load_dataset(cfg.data.path)
+    cache = out_dir / "negative_samples.txt"
+    if ds.negatives is not None and not cache.exists():
+        if write:  # the dataset ships its own candidates: keep a copy beside the run
+            write_negatives(ds, ds.negatives, cache)
+        return ds, ds.negatives
+    return ds, ensure_negatives(ds, cache, seed=cfg.data.negatives_seed, write=write)
+
+
+def current_form(saved: dict) -> dict:
+    """A checkpoint's saved config in today's form, to compare a resume with."""
+    return saved_config(saved, "the checkpoint's config").model_dump()
+
+
+class RunSetup:
+    """One training run's parts (module docstring); `TrainingRun` adds what the run does with them."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, resume: bool):
+        self.cfg, self.out_dir, self.resume = cfg, out_dir, resume
+        self.rank, self.world, self.device = dist_setup(cfg.runtime.device)
+        self.main = self.rank == 0
+        self.threads = share_cpu() if self.world == 1 else {"policy": "torchrun", "threads": torch.get_num_threads()}
+        # Every RNG a checkpoint saves starts from the seed, so a fresh run is as reproducible as a resumed one.
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True)
+        resumed_changes = self._open_run_directory()
+        explanations = self._explanations()
+        self._build_model()
+        self._plan(*explanations)
+        self._open_logs(resumed_changes)
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def _open_run_directory(self) -> dict | None:
+        """Read the data, check a resume against the checkpoint, write config.json and the candidates."""
+        cfg, out_dir = self.cfg, self.out_dir
+        # Read the data before creating anything, so that unreadable data leaves no half-made run directory.
+        ds = load_dataset(cfg.data.path)
+        self.ckpt = out_dir / "checkpoint"
+        self.run_record = {"config": cfg.model_dump(), "data": data_identity(ds)}
+        resumed_changes = None
+        if self.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                tidy_run_directory(out_dir)  # what a killed run left half-written
+                if not (self.ckpt / "trainer_state.json").is_file():
+                    raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
+                resumed_changes = check_resume(
+                    self.ckpt, self.run_record["config"], self.run_record["data"], out_dir / "config.json", current_form
+                )
+            write_json_atomic(out_dir / "config.json", cfg.model_dump())
+        self.ds, self.negatives = prepare_data(cfg, out_dir, write=self.main, ds=ds)
+        if self.world > 1:
+            dist.barrier()
+        return resumed_changes
+
+    def _explanations(self):
+        cfg = self.cfg
+        train, val = split_explanations(self.ds, cfg.data.explanation_val_fraction, cfg.train.seed)
+        return (train, val, *explanation_contexts(cfg, train, val))
+
+    def _build_model(self) -> None:
+        """The model: new, or the checkpoint's on a resume."""
+        if self.resume:
+            if not (self.ckpt / "trainer_state.json").is_file():
+                raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
+            bundle = load_bundle(self.ckpt, device="cpu")
+            model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
+            model.train()
+        else:
+            index = build_item_index(self.ds, self.cfg.index.strategy, self.cfg.index.seed)
+            model, tokenizer = build_model(self.cfg.architecture(), self.ds, index)
+        model.to(self.device)
+        self.model, self.tokenizer, self.index = model, tokenizer, index
+        self.bundle = ModelBundle(model, tokenizer, index, self.ds.user_ids, self.ds.item_ids, {"dataset": self.ds.name})
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        self.max_words = model.config.max_whole_words
+
+    def _plan(self, explanations_train, explanations_val, contexts_train, contexts_val) -> None:
+        """Epoch planner, step budget, optimizer and schedule, trainer state, validation tables."""
+        cfg, ds, model = self.cfg, self.ds, self.model
+        dense = cfg.objective.kind == "dense"
+        self.id_data = id_training_data(cfg, model, ds, self.index, self.tokenizer, explanations_train, contexts_train) if dense else None
+        self.plan_args = None if dense else dict(
+            ds=ds, index=self.index, explanations=explanations_train, tasks=cfg.train.tasks, seed=cfg.train.seed,
+            batch_size=cfg.train.batch_size, schedule=cfg.objective.schedule, max_history=cfg.train.max_history,
+            topn_candidates=cfg.objective.topn_candidates, user_dropout=cfg.train.user_dropout, contexts=contexts_train,
+        )
+        self.batches_per_epoch = len(self.plan_epoch(0))
+        self.total_steps = cfg.train.epochs * self.batches_per_epoch
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        warmup = int(cfg.train.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
+        self.state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+        if self.resume:
+            self.state = load_checkpoint(self.ckpt, self.optimizer, self.scheduler)
+            self.state.setdefault("train_seconds", 0.0)
+        self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
+        if self.id_data is not None:
+            val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
+        else:
+            val = validation_examples(
+                ds, self.index, cfg.model.variant, explanations_val, self.negatives, cfg.train.max_history, cfg.train.val_max_users,
+                topn_candidates=cfg.objective.topn_candidates, users_sample=cfg.train.val_users, contexts=contexts_val,
+            )
+        self.val_examples = {t: v for t, v in val.items() if t in cfg.train.tasks}
+        self.use_bf16 = cfg.runtime.bf16 and self.device.type == "cuda"
+
+    def _open_logs(self, resumed_changes: dict | None) -> None:
+        self.writer = None
+        self.log = None
+        if self.main:
+            if available("tensorboard"):  # optional (peapod[tb]); log.jsonl holds the same numbers
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            self.log = open(self.out_dir / "log.jsonl", "a", encoding="utf-8")
+        if resumed_changes is not None:
+            self.log_event({"event": "resume", "step": self.state["step"], "epoch": self.state["epoch"], "changed": resumed_changes})
+        self.saved_step = self.state["step"] if self.resume else None  # the step checkpoint/ holds
+
+    # ---- what the loop reads ------------------------------------------------------------------------
+    def plan_epoch(self, epoch: int):
+        if self.id_data is not None:
+            return self.id_data.epoch(epoch)
+        return TextEpoch(epoch_batches(epoch=epoch, **self.plan_args), self.tokenizer, self.cfg, self.max_words)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def log_event(self, event: dict) -> None:
+        if self.main:
+            self.log.write(json.dumps(event) + "\n")
+            self.log.flush()
