@@ -28,7 +28,9 @@ from typing import Annotated, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from peapod.model.peapod import ModelConfig
+from peapod.data.indexing import STRATEGIES
+from peapod.model.dropout import DROPOUT_MASKS
+from peapod.model.peapod import COMPOSERS, EXPLANATION_CONTEXTS, ITEM_INITS, VARIANTS, ModelConfig
 
 
 class ConfigError(ValueError):
@@ -46,15 +48,15 @@ class DataSection(_Section):
 
 
 class IndexSection(_Section):
-    strategy: Literal["p5-sequential", "random", "atomic"] = Field(
+    strategy: Literal[STRATEGIES] = Field(
         "atomic", description="one token per item numbered at random; P5's sequential numbers leak the next item"
     )
     seed: int = 0
 
 
 class ModelSection(_Section):
-    variant: Literal["p5", "pod", "peapod"] = "peapod"
-    composer: Literal["neighbors", "pool"] = "neighbors"
+    variant: Literal[VARIANTS] = "peapod"
+    composer: Literal[COMPOSERS] = "neighbors"
     backbone: str = Field("cpu-d128", description="a preset (tiny, cpu-d128, cpu-small, t5-small) or a local T5 directory")
     task_prompt_length: int = Field(3, ge=1)
     user_prompt_length: int = Field(3, ge=1)
@@ -68,11 +70,11 @@ class ModelSection(_Section):
     cf_iterations: int = Field(15, ge=1)
     vocab_size: int | None = Field(None, ge=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    item_init: Literal["random", "cf"] = Field("cf", description="'cf': item token embeddings start as projected ALS item factors")
+    item_init: Literal[ITEM_INITS] = Field("cf", description="'cf': item token embeddings start as projected ALS item factors")
     explanation_dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="dropout of training batches that hold only explanations (default: model.dropout)"
     )
-    explanation_context: Literal["none", "retrieved"] = Field(
+    explanation_context: Literal[EXPLANATION_CONTEXTS] = Field(
         "none", description="'retrieved': an explanation input also holds the item's training sentence closest to how the user writes"
     )
 
@@ -134,6 +136,11 @@ class TrainSection(_Section):
         30, gt=0, description="wall-clock budget for the optimizer steps (summed over resumes); the run stops after the step that crosses it"
     )
     patience: int = Field(3, ge=1)
+    schedule_fits_budget: bool = Field(
+        False, description="with max_minutes: after the first 50 steps and at every epoch's end, the learning-rate "
+        "schedule is cut to the steps the remaining time holds at the mean time per step so far, so that it decays to "
+        "zero when the time runs out instead of being stopped part way",
+    )
     tasks: list[Literal["sequential", "topn", "explanation"]] = ["sequential", "topn", "explanation"]
     max_history: int = Field(20, ge=1)
     user_dropout: float = Field(0.1, ge=0, le=1)
@@ -161,7 +168,7 @@ class RuntimeSection(_Section):
     device: str = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA")
     deterministic: bool = False
-    dropout_masks: Literal["bernoulli", "chunked"] = Field(
+    dropout_masks: Literal[DROPOUT_MASKS] = Field(
         "chunked", description="how dropout draws its masks; 'chunked' is the same dropout, about 3x cheaper on a CPU"
     )
 

@@ -270,13 +270,14 @@ class PeaPOD(nn.Module):
         embeds, mask = self.encoder_inputs(task_ids, input_ids, attention_mask, whole_word_ids, **who)
         return self.t5.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True), mask
 
-    def forward(self, task_ids, input_ids, attention_mask, whole_word_ids, labels, users=None, label_space=None, **who):
+    def forward(self, task_ids, input_ids, attention_mask, whole_word_ids, labels, users=None, label_space=None, loss_steps=None, **who):
         """Teacher-forced forward; returns the transformers Seq2SeqLMOutput (with `.loss`).
 
         `label_space` [V'] (token ids, ascending), when given, restricts the softmax of the loss to those
         tokens (the item head over catalogue tokens); every label must be in it. Logits are then [B, T, V'].
         Without it, explanation rows of a copying model (`copy_head`) score the copy mixture, and `logits`
-        are its log-probabilities.
+        are its log-probabilities. `loss_steps` [B], when given, makes the loss each row's label at that one
+        decoder step (mean over rows): the item read after a decoder history, as evaluation reads it.
         """
         if self.training and self.config.explanation_dropout is not None:
             only_explanations = bool((task_ids == TASK_IDS["explanation"]).all())
@@ -292,6 +293,12 @@ class PeaPOD(nn.Module):
         else:
             used = False
             out = restricted_lm_output(self.t5, encoder_out, mask, labels, label_space)
+        if loss_steps is not None:
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            target = labels[rows, loss_steps]
+            if label_space is not None:
+                target = torch.searchsorted(label_space, target)
+            out.loss = torch.nn.functional.cross_entropy(out.logits[rows, loss_steps].float(), target)
         if self.training and hasattr(self, "copy_head") and not used:
             # Every parameter joins every step's graph, as DDP's gradient all-reduce needs.
             out.loss = out.loss + 0.0 * sum(p.sum() for p in self.copy_head.parameters())

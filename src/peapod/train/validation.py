@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from peapod.inputs.examples import Example
 from peapod.metrics.ranking import ndcg_gains
@@ -66,17 +65,13 @@ def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], c
         for i in range(0, len(mine), batch_size):
             chunk = mine[i : i + batch_size]
             batch = exs.batch(np.array(chunk), device) if isinstance(exs, EncodedRows) else collate([exs[j] for j in chunk])
-            step = steps[chunk] if steps is not None else None
+            step = steps[chunk].to(device) if steps is not None else None
             with autocast():
-                result = model(**batch)
-            if step is None:
-                total += float(result.loss) * len(chunk)
-            if step is not None or ranked:
+                result = model(**batch, loss_steps=step)
+            total += float(result.loss) * len(chunk)
+            if ranked:
                 scores, target = scored_step(result.logits, batch, step)
-                if step is not None:
-                    total += float(F.cross_entropy(scores, target, reduction="sum"))
-                if ranked:
-                    gain += float(scored_item_ndcg(scores, target, batch, exs.rank_space).sum())
+                gain += float(scored_item_ndcg(scores, target, batch, exs.rank_space).sum())
             count += len(chunk)
         total, count, gain = all_reduce_sum([total, float(count), gain], device, world)
         out[task] = total / max(count, 1.0)
