@@ -136,11 +136,6 @@ class TrainSection(_Section):
         30, gt=0, description="wall-clock budget for the optimizer steps (summed over resumes); the run stops after the step that crosses it"
     )
     patience: int = Field(3, ge=1)
-    schedule_fits_budget: bool = Field(
-        False, description="with max_minutes: after the first 50 steps and at every epoch's end, the learning-rate "
-        "schedule is cut to the steps the remaining time holds at the mean time per step so far, so that it decays to "
-        "zero when the time runs out instead of being stopped part way",
-    )
     tasks: list[Literal["sequential", "topn", "explanation"]] = ["sequential", "topn", "explanation"]
     max_history: int = Field(20, ge=1)
     user_dropout: float = Field(0.1, ge=0, le=1)

@@ -36,7 +36,7 @@ from peapod.inputs.prompt import GENERIC_USER
 from peapod.model.peapod import load_bundle
 from peapod.train.checkpoint import weights_digest
 from peapod.train.distributed import rank_share
-from peapod.train.setup import LinearSchedule, steps_within_budget
+from peapod.train.setup import linear_warmup_decay
 
 ITEM = re.compile(r"item_\d+")
 USER = re.compile(r"user_\d+")
@@ -204,42 +204,9 @@ def test_shard_splits_a_batch_and_leaves_no_rank_empty():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = LinearSchedule(4, 20)
+    f = linear_warmup_decay(4, 20)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == 0.0
-    f.fit(10, 0.1)  # cut to the steps a time budget holds: warm-up 1 step, zero at step 10
-    assert (f.warmup, f.total) == (1, 10) and f(0) == 1.0 and f(5) == pytest.approx(5 / 9) and f(10) == 0.0
-
-
-def test_steps_within_budget_extrapolates_the_mean_step_time():
-    assert steps_within_budget(50, 10.0, 100.0) == 500  # 0.2 s a step: 450 more in the 90 s left
-    assert steps_within_budget(50, 120.0, 100.0) == 50  # already over: nothing more
-    with pytest.raises(ValueError):
-        steps_within_budget(0, 0.0, 100.0)
-
-
-def test_a_schedule_fitted_to_the_budget_decays_to_zero_there_and_resumes_as_fitted(tmp_path):
-    from peapod.train.loop import TrainingRun
-
-    cfg = load_config("demo", ["model.backbone=tiny", "model.cf_dim=8", "model.cf_iterations=2", "train.max_minutes=1",
-                               "train.schedule_fits_budget=true", "train.epochs=3", "train.val_max_users=20"])
-    run = TrainingRun(cfg, tmp_path / "run", resume=False)
-    assert run.total_steps == run.planned_steps == 3 * run.batches_per_epoch > 40
-    run.state.update(step=10, train_seconds=20.0)  # 2 s a step: the minute holds 30 steps
-    run.fit_schedule()
-    assert run.total_steps == run.state["fitted_steps"] == 30 and run.schedule.total == 30
-    assert run.schedule(30) == 0.0 and run.schedule.warmup == int(cfg.train.warmup_ratio * 30)
-    run.checkpoint()
-    run.log.close()
-    again = TrainingRun(cfg, tmp_path / "run", resume=True)
-    assert again.total_steps == 30 and again.schedule.total == 30 and again.state["step"] == 10
-    again.log.close()
-    off = TrainingRun(load_config("demo", ["model.backbone=tiny", "model.cf_dim=8", "model.cf_iterations=2", "train.max_minutes=1",
-                                          "train.epochs=3", "train.val_max_users=20"]), tmp_path / "off", resume=False)
-    off.state.update(step=10, train_seconds=20.0)
-    off.fit_schedule()  # the switch off: the schedule stays the planned one
-    assert off.total_steps == off.planned_steps and off.schedule.total == off.planned_steps
-    off.log.close()
 
 
 # ---- the acceptance run: the tiny recipe on the demo-toys data --------------------------------

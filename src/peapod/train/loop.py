@@ -34,8 +34,8 @@ from peapod.rundir import LOCK_NAME, run_lock
 from peapod.runtime import subnormals_flushed
 from peapod.train.batches import collate
 from peapod.train.checkpoint import save_checkpoint, weights_digest
-from peapod.train.distributed import all_reduce_sum, any_rank
-from peapod.train.setup import RunSetup, steps_within_budget
+from peapod.train.distributed import any_rank
+from peapod.train.setup import RunSetup
 from peapod.train.validation import validation_losses
 
 
@@ -79,13 +79,9 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
                 run.validate(epoch, partial=True)
             break  # max_steps or max_minutes reached mid-epoch
         stopped_early = run.validate(epoch)
-        run.fit_schedule()
         state.update(epoch=epoch + 1, position=0)
         run.checkpoint()
     return run.finish(stopped_early, out_of_time, t_start)
-
-
-FIT_AFTER_STEPS = 50  # the first fit of the schedule to the time budget (`fit_schedule`)
 
 
 class TrainingRun(RunSetup):
@@ -122,27 +118,12 @@ class TrainingRun(RunSetup):
             state["train_seconds"] += time.time() - t_step
             if self.budget_s is not None:
                 out_of_time = any_rank(state["train_seconds"] >= self.budget_s, self.device, self.world)
-            if state["step"] == FIT_AFTER_STEPS:
-                self.fit_schedule()
             if state["step"] % cfg.train.log_every == 0:
                 self._log_window(window, epoch, batches.task(state["position"] - 1), bar)
             if state["step"] % cfg.train.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
         return state["position"] >= len(batches), out_of_time
-
-    def fit_schedule(self) -> None:
-        """Under `train.schedule_fits_budget`: cut the schedule to the steps the time budget holds
-        (`steps_within_budget`, on the ranks' mean time), never beyond the planned steps."""
-        cfg, state = self.cfg, self.state
-        if not cfg.train.schedule_fits_budget or self.budget_s is None or state["step"] == 0:
-            return
-        seconds = all_reduce_sum([state["train_seconds"]], self.device, self.world)[0] / self.world
-        total = min(self.planned_steps, steps_within_budget(state["step"], seconds, self.budget_s))
-        if total != self.total_steps:
-            self.total_steps = state["fitted_steps"] = total
-            self.schedule.fit(total, cfg.train.warmup_ratio)
-            self.log_event({"event": "schedule", "step": state["step"], "total_steps": total, "seconds_per_step": seconds / state["step"]})
 
     def step(self, batch: dict) -> float:
         """One optimizer step on `batch`; returns its loss."""

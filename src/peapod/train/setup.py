@@ -30,29 +30,13 @@ from peapod.train.checkpoint import load_checkpoint, tidy_run_directory
 from peapod.train.distributed import dist_setup
 
 
-class LinearSchedule:
-    """The learning-rate factor: linear warm-up over `warmup` steps, then linear decay to zero at step
-    `total`. A callable object rather than a closure, so that LambdaLR saves `warmup` and `total` with the
-    checkpoint and a schedule fitted to the time budget (`fit`) resumes as fitted."""
+def linear_warmup_decay(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
 
-    def __init__(self, warmup: int, total: int):
-        self.warmup, self.total = warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / max(1, self.warmup)
-        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
-
-    def fit(self, total: int, warmup_ratio: float) -> None:
-        self.total, self.warmup = total, int(warmup_ratio * total)
-
-
-def steps_within_budget(done: int, seconds: float, budget_s: float) -> int:
-    """The steps a run will have taken when its time budget runs out: the `done` steps that took
-    `seconds`, and as many more as the remaining budget holds at their mean time per step."""
-    if done <= 0 or seconds <= 0:
-        raise ValueError("the budget is fitted from steps already timed")
-    return done + int(max(0.0, budget_s - seconds) / (seconds / done))
+    return f
 
 
 def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
@@ -154,16 +138,12 @@ class RunSetup:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.schedule = LinearSchedule(int(cfg.train.warmup_ratio * self.total_steps), self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        warmup = int(cfg.train.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
         self.state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
-        self.planned_steps = self.total_steps
         if self.resume:
             self.state = load_checkpoint(self.ckpt, self.optimizer, self.scheduler)
             self.state.setdefault("train_seconds", 0.0)
-            # The schedule of today's config (a resume may change the epochs), cut where a fit to the budget cut it.
-            self.total_steps = min(self.planned_steps, self.state.get("fitted_steps") or self.planned_steps)
-            self.schedule.fit(self.total_steps, cfg.train.warmup_ratio)
         self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
         if self.id_data is not None:
             val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
