@@ -63,7 +63,7 @@ def indexes(ds):
 
 
 def model_config(variant: str, composer: str = "neighbors", **kw) -> ModelConfig:
-    base = dict(variant=variant, composer=composer, backbone="tiny", n_neighbors=K, cf_dim=CF_DIM, pool_size=6,
+    base = dict(variant=variant, composer=composer, backbone="tiny", item_init="random", n_neighbors=K, cf_dim=CF_DIM, pool_size=6,
                 cf_iterations=15, seed=0)
     base.update(kw)
     return ModelConfig(**base)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from peapod.data.indexing import STRATEGIES
 from peapod.model.dropout import DROPOUT_MASKS
-from peapod.model.peapod import COMPOSERS, EXPLANATION_CONTEXTS, ITEM_INITS, VARIANTS, ModelConfig
+from peapod.model.peapod import ModelConfig, ModelOptions
 
 
 class ConfigError(ValueError):
@@ -52,31 +52,6 @@ class IndexSection(_Section):
         "atomic", description="one token per item numbered at random; P5's sequential numbers leak the next item"
     )
     seed: int = 0
-
-
-class ModelSection(_Section):
-    variant: Literal[VARIANTS] = "peapod"
-    composer: Literal[COMPOSERS] = "neighbors"
-    backbone: str = Field("cpu-d128", description="a preset (tiny, cpu-d128, cpu-small, t5-small) or a local T5 directory")
-    task_prompt_length: int = Field(3, ge=1)
-    user_prompt_length: int = Field(3, ge=1)
-    n_heads: int = Field(4, ge=1)
-    n_neighbors: int = Field(10, ge=1)
-    pool_size: int = Field(20, ge=1)
-    cf_dim: int = Field(64, ge=2)
-    cf_trainable: bool = False
-    cf_reg: float = Field(0.1, gt=0)
-    cf_alpha: float = Field(10.0, ge=0)
-    cf_iterations: int = Field(15, ge=1)
-    vocab_size: int | None = Field(None, ge=16)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    item_init: Literal[ITEM_INITS] = Field("cf", description="'cf': item token embeddings start as projected ALS item factors")
-    explanation_dropout: float | None = Field(
-        None, ge=0.0, lt=1.0, description="dropout of training batches that hold only explanations (default: model.dropout)"
-    )
-    explanation_context: Literal[EXPLANATION_CONTEXTS] = Field(
-        "none", description="'retrieved': an explanation input also holds the item's training sentence closest to how the user writes"
-    )
 
 
 class DenseObjective(_Section):
@@ -171,7 +146,7 @@ class RuntimeSection(_Section):
 class RunConfig(_Section):
     data: DataSection = DataSection()
     index: IndexSection = IndexSection()
-    model: ModelSection = ModelSection()
+    model: ModelOptions = ModelOptions()
     objective: Objective = DenseObjective()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()

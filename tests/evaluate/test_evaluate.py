@@ -63,7 +63,7 @@ def memorized():
     torch.manual_seed(0)
     ds = _synthetic()
     index = build_item_index(ds, "p5-sequential")
-    config = ModelConfig(variant="peapod", backbone="tiny", n_neighbors=3, cf_dim=8, cf_iterations=4, dropout=0.0, seed=0)
+    config = ModelConfig(variant="peapod", backbone="tiny", item_init="random", n_neighbors=3, cf_dim=8, cf_iterations=4, dropout=0.0, seed=0)
     model, tokenizer = build_model(config, ds, index)
     bundle = ModelBundle(model, tokenizer, index, ds.user_ids, ds.item_ids, {"dataset": ds.name})
     negatives = sample_negatives(ds, n=N_NEG, seed=0)
@@ -179,7 +179,7 @@ def test_unseen_users_and_explanations(memorized):
 def test_variants_and_indexings_score_consistently(variant, indexing):
     ds = _synthetic()
     index = build_item_index(ds, indexing, seed=1)
-    config = ModelConfig(variant=variant, backbone="tiny", n_neighbors=3, cf_dim=8, cf_iterations=2, seed=0)
+    config = ModelConfig(variant=variant, backbone="tiny", item_init="random", n_neighbors=3, cf_dim=8, cf_iterations=2, seed=0)
     model, tokenizer = build_model(config, ds, index)
     p = Predictor(ModelBundle(model, tokenizer, index, ds.user_ids, ds.item_ids), device="cpu", max_input_length=12)
     reqs = [Request("seq", ds.history_and_target(u, "test")[0], u) for u in range(3)]

@@ -7,7 +7,6 @@ predictor asks exactly that question: the user's last j items go into the decode
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ def _bundle(demo, overrides, **architecture):
     cfg = load_config(LAPTOP, SMALL + overrides)
     index = build_item_index(demo, "atomic")
     torch.manual_seed(0)
-    model, tok = build_model(replace(cfg.architecture(), **architecture), demo, index)
+    model, tok = build_model(cfg.architecture().model_copy(update=architecture), demo, index)
     return cfg, ModelBundle(model.eval(), tok, index, demo.user_ids, demo.item_ids)
 
 

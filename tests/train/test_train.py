@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_runs import TASKS, TINY, cli_env, leftovers, log_events, peapod_cmd
+from train_runs import TASKS, TINY, cli_env, leftovers, log_events, make_mini_p5, peapod_cmd, set_args
 
 from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
@@ -286,3 +286,22 @@ def test_run_directory_layout(tiny_run):
     assert weights_digest(best.model) == summary["weights_sha256"]
     a, b = load_file(str(run / "best" / "model.safetensors")), load_file(str(ckpt / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_run_without_item_tasks_selects_its_epoch_by_loss(tmp_path):
+    # The recipe selects epochs by the item tasks' validation NDCG@10; a run that trains only
+    # explanations has none, and keeps the epoch of lowest validation loss instead.
+    data = make_mini_p5(tmp_path / "data")
+    run = tmp_path / "run"
+    cmd = peapod_cmd(
+        "train", "--config", "laptop", "--data", data, "--out", run, "-q",
+        *set_args("train.tasks=[explanation]", "train.epochs=2", "train.batch_size=16", "model.backbone=tiny",
+                  "model.cf_iterations=2", "model.dropout=0.0"),
+    )
+    proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    losses = [h["val_mean"] for h in summary["history"]]
+    assert len(losses) == 2 and all("val_ndcg10" not in h for h in summary["history"])
+    assert summary["best_epoch"] == int(np.argmin(losses)) and summary["best_val"] == min(losses)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
@@ -48,6 +49,7 @@ from peapod.infer.scoring import item_token_matrix, score_all_items, score_candi
 from peapod.infer.topk_search import TreeChildren, search_top_k
 from peapod.infer.trie import ItemTrie
 from peapod.infer.trie_decoding import TrieLogitsProcessor, decode_items
+from peapod.inputs.examples import newest_first
 from peapod.inputs.prompt import GENERIC_USER, TASK_IDS, encode_inputs, eval_template, source_text
 from peapod.metrics.ranking import mask_items
 from peapod.model.peapod import ModelBundle
@@ -359,7 +361,9 @@ class Predictor:
         if request.task == "sequential":
             items = request.items[: len(request.items) - len(self.decoder_items(request))]
             recent = items[-self.max_history :] if self.max_history > 0 else ()
-            return recent[::-1] if self.model.config.history_order == "newest-first" else recent
+            if self.model.config.history_order == "newest-first" and recent:
+                return tuple(int(i) for i in newest_first(np.asarray([recent]))[0])
+            return recent
         if request.task == "topn" and self.model.config.topn_input == "user":
             return ()
         return request.items

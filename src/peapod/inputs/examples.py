@@ -16,7 +16,7 @@ import numpy as np
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.data.indexing import ItemIndex, user_text
 from peapod.data.negatives import candidate_list
-from peapod.inputs.prompt import GENERIC_USER, TEMPLATES, eval_template, source_text
+from peapod.inputs.prompt import GENERIC_INDEX, TEMPLATES, eval_template, source_text
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,16 @@ class Example:
     target: str
 
 
+def drop_users(users: np.ndarray, uniforms: np.ndarray, p: float, generic: int) -> np.ndarray:
+    """User-id dropout: each user whose uniform draw is below `p` becomes `generic`, so that the prompt,
+    not the id, has to carry the user."""
+    return np.where(uniforms < p, generic, users)
+
+
 def _user_str(user: int, rng: random.Random | None, dropout: float) -> str:
-    # User-id dropout: the prompt, not the id string, has to carry the user.
-    if rng is not None and dropout > 0 and rng.random() < dropout:
-        return GENERIC_USER
-    return user_text(user)
+    if rng is None or dropout <= 0:
+        return user_text(user)
+    return user_text(int(drop_users(np.array([user]), np.array([rng.random()]), dropout, GENERIC_INDEX)[0]))
 
 
 def sample_negatives_for(user_items: set[int], n_items: int, count: int, rng: random.Random) -> list[int]:
@@ -229,8 +234,7 @@ def newest_first(items: np.ndarray) -> np.ndarray:
 
 
 def _dropout(users: np.ndarray, rng: np.random.Generator, p: float, generic: int) -> np.ndarray:
-    # User-id dropout: the prompt, not the id string, has to carry the user.
-    return np.where(rng.random(len(users)) < p, generic, users) if p > 0 else users.copy()
+    return drop_users(users, rng.random(len(users)), p, generic) if p > 0 else users.copy()
 
 
 def sequential_rows(seqs: TrainSequences, rng, max_history: int, m: int, dropout: float, generic: int) -> TaskRows:

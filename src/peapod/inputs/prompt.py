@@ -18,7 +18,8 @@ from peapod.data.indexing import ItemIndex, user_text
 
 TASKS = ("explanation", "sequential", "topn")
 TASK_IDS = {t: i for i, t in enumerate(TASKS)}
-GENERIC_USER = "user_0"  # user-id dropout and cold-start users: no user number in the text
+GENERIC_INDEX = -1  # the generic user in the text form: user_text(-1) is "user_0", no user number
+GENERIC_USER = user_text(GENERIC_INDEX)  # user-id dropout and cold-start users
 
 # Our own wording. Slot {user} is `user_n`, {history}/{candidates} are space-separated item texts,
 # {item} one item text. The last template of each task is the bare form used for validation and test.

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
@@ -48,77 +50,71 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
-class ModelConfig:
-    """Everything that defines a model's architecture; saved with every model."""
+class ModelOptions(BaseModel):
+    """The model choices a run sets (the run config's `model:` section); the defaults are the CPU recipe's."""
 
-    variant: str = "peapod"
-    composer: str = "neighbors"
-    backbone: str = "tiny"  # a preset name, or a local directory with a pretrained T5/Flan-T5
-    task_prompt_length: int = 3
-    user_prompt_length: int = 3
-    n_heads: int = 4
-    n_neighbors: int = 10
-    pool_size: int = 20
-    cf_dim: int = 64
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    variant: Literal[VARIANTS] = "peapod"
+    composer: Literal[COMPOSERS] = "neighbors"
+    backbone: str = Field("cpu-d128", description="a preset (tiny, cpu-d128, cpu-small, t5-small) or a local T5 directory")
+    task_prompt_length: int = Field(3, ge=1)
+    user_prompt_length: int = Field(3, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_neighbors: int = Field(10, ge=1)
+    pool_size: int = Field(20, ge=1)
+    cf_dim: int = Field(64, ge=2)
     cf_trainable: bool = False
-    cf_reg: float = 0.1
-    cf_alpha: float = 10.0
-    cf_iterations: int = 15
-    vocab_size: int | None = None  # from-scratch tokenizer size; None takes the preset's
-    max_whole_words: int = 512
-    dropout: float = 0.1
+    cf_reg: float = Field(0.1, gt=0)
+    cf_alpha: float = Field(10.0, ge=0)
+    cf_iterations: int = Field(15, ge=1)
+    vocab_size: int | None = Field(None, ge=16, description="from-scratch tokenizer size; None takes the preset's")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    item_init: Literal[ITEM_INITS] = Field("cf", description="'cf': item token embeddings start as projected ALS item factors")
+    # The rate that keeps a small catalogue's item tasks from overfitting slows a from-scratch decoder
+    # learning its language.
+    explanation_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="dropout of training batches that hold only explanations (default: model.dropout)"
+    )
+    # A from-scratch decoder cannot learn a language in minutes; it can learn to copy and edit.
+    explanation_context: Literal[EXPLANATION_CONTEXTS] = Field(
+        "none", description="'retrieved': an explanation input also holds the item's training sentence closest to how the user writes"
+    )
+
+
+class ModelConfig(ModelOptions):
+    """Everything that defines a model's architecture; saved with every model.
+
+    A run fills the fields below `ModelOptions` from its objective and runtime (`RunConfig.architecture`);
+    their defaults are what a model saved before them did.
+    """
+
+    max_whole_words: int = Field(512, ge=1)
     # What a top-n input holds: the candidate list (P5/POD/PeaPOD) or only the user. Candidates are
     # always scored exactly; without them in the input, the prompts are all the model reads.
-    topn_input: str = "candidates"
+    topn_input: Literal[TOPN_INPUTS] = "candidates"
     # Items the decoder was trained to write: the next `item_targets` items (sequential) or that many of
     # the user's items (candidate-free top-n), teacher-forced, no EOS when > 1. Item scores then read
     # the first decoder step only (atomic items).
-    item_targets: int = 1
-    item_init: str = "random"  # "cf": atomic item token embeddings start as projected ALS item factors
-    # Order of a sequential input's history. "newest-first" writes the most recent item first, so an
-    # item's whole-word id is its recency (2 = the last item) whatever the history's length.
-    history_order: str = "oldest-first"
+    item_targets: int = Field(1, ge=1)
+    # "newest-first" writes the most recent item first, so an item's whole-word id is its recency
+    # (2 = the last item) whatever the history's length.
+    history_order: Literal[HISTORY_ORDERS] = "oldest-first"
     # Inference only: sequential and top-n scores teacher-force the user's most recent j items into the
     # decoder and read step j (training taught step j with the j items after the encoder's history).
     # Needs atomic items and item_targets > j; 0 reads the first step. Top-n reads it only candidate-free.
-    decoder_history: int = 0
-    # How dropout draws its masks: "bernoulli" (torch's) or "chunked" (the same dropout, about 3x
-    # cheaper on a CPU; peapod.model.dropout). Changes the random stream, not the model's weights.
-    dropout_masks: str = "bernoulli"
-    # What an explanation input holds after (user, item): nothing, or "retrieved": the training sentence
-    # about the item closest to how the user writes (peapod.data.retrieval), for the decoder to copy
-    # from and edit. A from-scratch decoder cannot learn a language in minutes; it can learn to edit.
-    explanation_context: str = "none"
-    # Dropout of training batches that hold only explanations (None: `dropout`). The rate that keeps a
-    # small catalogue's item tasks from overfitting slows a from-scratch decoder learning its language.
-    explanation_dropout: float | None = None
+    decoder_history: int = Field(0, ge=0)
+    dropout_masks: Literal[DROPOUT_MASKS] = "bernoulli"  # changes the random stream, not the model
     seed: int = 0
 
-    def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.composer not in COMPOSERS:
-            raise ValueError(f"model.composer must be one of {COMPOSERS}, got {self.composer!r}")
-        if self.topn_input not in TOPN_INPUTS:
-            raise ValueError(f"model.topn_input must be one of {TOPN_INPUTS}, got {self.topn_input!r}")
-        if self.item_init not in ITEM_INITS:
-            raise ValueError(f"model.item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
-        if self.history_order not in HISTORY_ORDERS:
-            raise ValueError(f"model.history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
-        if self.explanation_dropout is not None and not 0.0 <= self.explanation_dropout < 1.0:
-            raise ValueError(f"model.explanation_dropout must be in [0, 1), got {self.explanation_dropout}")
-        if self.explanation_context not in EXPLANATION_CONTEXTS:
-            raise ValueError(f"model.explanation_context must be one of {EXPLANATION_CONTEXTS}, got {self.explanation_context!r}")
-        if self.dropout_masks not in DROPOUT_MASKS:
-            raise ValueError(f"model.dropout_masks must be one of {DROPOUT_MASKS}, got {self.dropout_masks!r}")
-        if self.item_targets < 1:
-            raise ValueError(f"model.item_targets must be >= 1, got {self.item_targets}")
-        if self.decoder_history < 0 or (self.decoder_history and self.decoder_history >= self.item_targets):
+    @model_validator(mode="after")
+    def _decoder_reads_what_it_learned(self) -> ModelConfig:
+        if self.decoder_history and self.decoder_history >= self.item_targets:
             raise ValueError(
                 f"decoder_history must be 0 or in 1..item_targets - 1 ({self.item_targets - 1}), got {self.decoder_history}: "
                 "the decoder only learned to read up to item_targets - 1 items before the one it scores"
             )
+        return self
 
     @property
     def has_task_prompt(self) -> bool:
@@ -138,8 +134,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
@@ -415,7 +410,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path, extra_files=None) ->
             tmp / "config.json",
             {
                 "format": "peapod-model/1",
-                "model": asdict(bundle.model.config),
+                "model": bundle.model.config.model_dump(),
                 "backbone": bundle.model.t5.config.to_dict(),
                 "n_users": len(bundle.user_ids),
                 "n_items": len(bundle.item_ids),

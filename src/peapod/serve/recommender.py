@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ class Recommender:
         """What is being served: model configuration, variant, indexing, catalogue, users, dataset."""
         p = self.predictor
         return {
-            "model": asdict(p.model.config),
+            "model": p.model.config.model_dump(),
             "variant": p.variant,
             "indexing": p.indexing,
             "catalogue_size": p.n_items,

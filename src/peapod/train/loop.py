@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -167,8 +166,9 @@ class TrainingRun(RunSetup):
             for task, v in val.items():
                 self.writer.add_scalar(f"val/{task}", v, epoch)
             self.writer.add_scalar("val/mean", mean_val, epoch)
-        # Lower is better: the mean loss, or minus the mean NDCG@10 of the item tasks.
-        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.objective.select_by == "ndcg" else mean_val
+        # Lower is better: minus the mean NDCG@10 of the item tasks, or the mean loss (the published
+        # objective, or a run that trains no item task).
+        criterion = -sum(val_ndcg.values()) / len(val_ndcg) if cfg.objective.select_by == "ndcg" and val_ndcg else mean_val
         if criterion < state["best_val"]:
             state.update(best_val=criterion, best_epoch=epoch, bad_epochs=0)
             if self.main:
@@ -205,7 +205,7 @@ class TrainingRun(RunSetup):
             "ranks_in_sync": len(set(digests)) == 1,
             "weights_sha256": digest,
             "wall_seconds": round(time.time() - t_start, 2),
-            "model": asdict(self.model.config),
+            "model": self.model.config.model_dump(),
             "index": self.index.strategy,
             "batches_per_epoch": self.batches_per_epoch,
         }
