@@ -15,6 +15,7 @@ from pathlib import Path
 
 from peapod.config import RunConfig, load_config
 from peapod.extras import require
+from peapod.io import previous_version
 
 __all__ = ["DEMO_OUTPUTS", "DemoError", "demo_config", "run_demo"]
 
@@ -28,7 +29,7 @@ QUICK_OVERRIDES = [
 DEMO_OUTPUTS = (
     "config.json", "negative_samples.txt", "checkpoint", "best", "log.jsonl", "tb", "summary.json", "metrics.json",
     "metrics_legacy.json", "metrics_rigorous.json", "report.md", "training_curves.png", "metrics.png", "example.json",
-    ".checkpoint.old", ".best.old",
+    *(previous_version(Path(name)).name for name in ("checkpoint", "best")),
 )
 
 PROTOCOLS = ("legacy", "rigorous")

@@ -15,10 +15,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain `open(..., "w")` (or `mkdir`) gives under the current umask; mkstemp/mkdtemp make
+    private ones, and what is written here is not private."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def previous_version(path: str | Path) -> Path:
+    """Where `atomic_directory` keeps `path`'s previous version between its two renames."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
 
 
 def _fsync_path(path: Path) -> None:
@@ -45,7 +53,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, default_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -68,11 +76,11 @@ def atomic_directory(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, default_mode(directory=True))
         yield tmp
         fsync_tree(tmp)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = previous_version(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)

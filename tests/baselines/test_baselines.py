@@ -162,21 +162,6 @@ def test_sasrec_early_stopping_keeps_the_best_validated_weights():
     assert model.evaluate_full(ds, "val", max_users=20)["NDCG@10"] == pytest.approx(best["val_NDCG@10"])
 
 
-def test_sasrec_length_buckets_cover_every_row_once_and_group_similar_lengths():
-    import numpy as np
-
-    from peapod.baselines.sasrec import _length_bucketed_batches
-
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 50, size=1000)
-    batches = _length_bucketed_batches(lengths, 16, np.random.default_rng(1), bucket=8)
-    rows = np.concatenate(batches)
-    assert sorted(rows.tolist()) == list(range(1000))
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in np.array_split(rng.permutation(1000), len(batches))])
-    assert spread < random_spread / 3
-
-
 def test_sasrec_rejects_an_unknown_loss():
     with pytest.raises(ValueError, match="loss"):
         train_sasrec(cycle_ds(), SASRecConfig(loss="hinge"))

@@ -1,20 +1,18 @@
-"""How an epoch's rows are cut into batches: `random` (the published objective's) keeps the old
-batches bit for bit; `length` (the dense objective's) covers every row once per epoch, in batches of
-about one input length, computing fewer padded encoder positions, and replays the same batches for
-the same seed and epoch (what exact resume needs)."""
+"""How an epoch's rows are cut into batches (PeaPOD's dense objective and SASRec alike): every row once
+per epoch, in batches of about one input length, computing fewer padded positions, and the same batches
+for the same seed and epoch (what exact resume needs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from peapod.config import load_config
 from peapod.data import build_item_index, load_dataset
+from peapod.data.batch_order import GROUP_WINDOW, length_grouped_batches, padded_tokens
 from peapod.data.explanations import split_explanations
 from peapod.model.peapod import build_model
-from peapod.train.batch_order import GROUP_WINDOW, batch_rows, padded_tokens
 from peapod.train.batches import id_training_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,24 +26,18 @@ def _lengths(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(3, 28, n)
 
 
-def test_random_grouping_is_the_plain_permutation_cut_in_order():
-    lengths = _lengths(1000)
-    batches = batch_rows(lengths, 64, np.random.default_rng(5), "random")
-    order = np.random.default_rng(5).permutation(1000)
-    assert len(batches) == 16 and all(np.array_equal(b, order[i * 64 : (i + 1) * 64]) for i, b in enumerate(batches))
-
-
 def test_length_grouping_covers_every_row_once_in_uniform_batches():
     n, size = 3 * GROUP_WINDOW * 16 + 50, 16  # three full windows and a short one
     lengths = _lengths(n)
-    batches = batch_rows(lengths, size, np.random.default_rng(1), "length")
+    batches = length_grouped_batches(lengths, size, np.random.default_rng(1))
+    random = np.array_split(np.random.default_rng(1).permutation(n), len(batches))
     rows = np.concatenate(batches)
     assert len(rows) == n and len(np.unique(rows)) == n
     assert sum(len(b) < size for b in batches) == 1  # only the last window's last batch is short
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
-    random_spread = np.mean([np.ptp(lengths[b]) for b in batch_rows(lengths, size, np.random.default_rng(1), "random")])
+    random_spread = np.mean([np.ptp(lengths[b]) for b in random])
     assert spread < 0.25 * random_spread
-    assert padded_tokens(lengths, batches) < 0.75 * padded_tokens(lengths, batch_rows(lengths, size, np.random.default_rng(1), "random"))
+    assert padded_tokens(lengths, batches) < 0.75 * padded_tokens(lengths, random)
     # the batches are shuffled: long and short ones alternate, not a sorted run per window
     maxima = np.array([lengths[b].max() for b in batches[:GROUP_WINDOW]])
     assert not (np.all(np.diff(maxima) <= 0) or np.all(np.diff(maxima) >= 0))
@@ -53,13 +45,16 @@ def test_length_grouping_covers_every_row_once_in_uniform_batches():
 
 def test_length_grouping_is_a_function_of_the_rng():
     lengths = _lengths(700)
-    a = batch_rows(lengths, 32, np.random.default_rng([0, 3, 1]), "length")
-    b = batch_rows(lengths, 32, np.random.default_rng([0, 3, 1]), "length")
-    c = batch_rows(lengths, 32, np.random.default_rng([0, 4, 1]), "length")
+    a = length_grouped_batches(lengths, 32, np.random.default_rng([0, 3, 1]))
+    b = length_grouped_batches(lengths, 32, np.random.default_rng([0, 3, 1]))
+    c = length_grouped_batches(lengths, 32, np.random.default_rng([0, 4, 1]))
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
-    with pytest.raises(ValueError, match="unknown batch grouping"):
-        batch_rows(lengths, 32, np.random.default_rng(0), "sorted")
+
+
+def _random_batches(n: int, size: int) -> list[np.ndarray]:
+    order = np.random.default_rng(0).permutation(n)
+    return [order[i : i + size] for i in range(0, n, size)]
 
 
 def _epoch(epoch: int = 0):
@@ -82,7 +77,7 @@ def test_a_length_grouped_epoch_holds_the_same_rows_with_less_padding():
     grouped = _rows_per_task(_epoch())
     assert "sequential" in grouped
     plain = {  # the same tables cut at random
-        task: [(parts[0][0], rows) for rows in batch_rows(parts[0][0].attention_mask.sum(1).numpy(), 32, np.random.default_rng(0), "random")]
+        task: [(parts[0][0], rows) for rows in _random_batches(len(parts[0][0]), 32)]
         for task, parts in grouped.items()
     }
     for task in plain:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from peapod.baselines.popularity import RankingEvaluation
+from peapod.data.batch_order import length_grouped_batches
 from peapod.data.dataset import (
     VALIDATION_USER_SAMPLES,
     VALIDATION_USER_SAMPLES_TEXT,
@@ -192,20 +193,6 @@ def _sample_negatives(pos: np.ndarray, seen: list[set[int]], n_items: int, rng: 
     return neg
 
 
-def _length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 32) -> list[np.ndarray]:
-    """Shuffled batches of rows with similar lengths: rows are shuffled, sorted by length within
-    windows of `bucket` batches, cut into batches, and the batches shuffled. Most histories are far
-    shorter than ``max_len``, so cropping each batch to its longest row then saves most of the work."""
-    order = rng.permutation(len(lengths))
-    window = batch_size * bucket
-    batches = []
-    for start in range(0, len(order), window):
-        part = order[start : start + window]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def _step_loss(model: SASRec, seq: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, loss: str) -> torch.Tensor:
     """Mean loss over the non-padding positions of one batch. ``neg``: ``[B, L]`` shifted negatives
     for "bce", ``[B, K]`` shifted negatives shared by a row's positions for "sampled"."""
@@ -255,7 +242,7 @@ def train_sasrec(ds: Dataset, config: SASRecConfig | None = None, progress: bool
         model.train()
         for epoch in range(config.epochs):
             total, count = 0.0, 0
-            for idx in _length_bucketed_batches(lengths, config.batch_size, rng):
+            for idx in length_grouped_batches(lengths, config.batch_size, rng):
                 width = int(lengths[idx].max())
                 seq = torch.from_numpy(inputs[idx, -width:])
                 pos = torch.from_numpy(positives[idx, -width:])

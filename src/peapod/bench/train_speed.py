@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from peapod.config import RunConfig
 from peapod.data import build_item_index
+from peapod.data.batch_order import padded_tokens
 from peapod.data.explanations import split_explanations
 from peapod.data.loaders import load_dataset
 from peapod.model.peapod import build_model
-from peapod.train.batch_order import padded_tokens
 from peapod.train.batches import id_training_data
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from peapod.io import default_mode
+
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 _CHUNK = 1 << 16
 
@@ -87,13 +89,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _default_file_mode() -> int:
-    """The mode a plain `open(..., "w")` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _fetch(source: Source, url: str, tmp: Path, progress: bool, timeout: float) -> None:
     """Stream `url` into `tmp`, then check size and sha256."""
     h = hashlib.sha256()
@@ -152,7 +147,7 @@ def download_dataset(
             tmp = Path(tmp_name)
             temps.append((tmp, dest))
             _fetch(source, source.url(base_url), tmp, progress, timeout)
-        mode = _default_file_mode()
+        mode = default_mode()
         for tmp, dest in temps:
             os.chmod(tmp, mode)  # mkstemp files are private; the data is not
             os.replace(tmp, dest)

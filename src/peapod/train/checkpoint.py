@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from peapod.io import write_json_atomic
+from peapod.io import previous_version, write_json_atomic
 from peapod.model.peapod import ModelBundle, save_bundle
 
 
@@ -102,15 +102,10 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler
     return meta
 
 
-def _previous(directory: Path) -> Path:
-    # `peapod.io.atomic_directory` swaps a new version in with two renames: NAME -> .NAME.old, tmp -> NAME.
-    return directory.with_name(f".{directory.name}.old")
-
-
 def checkpoint_exists(directory: str | Path) -> bool:
     """Whether `directory` (or the previous version a kill between the two renames left) holds a checkpoint."""
     directory = Path(directory)
-    return (directory / "trainer_state.json").is_file() or (_previous(directory) / "trainer_state.json").is_file()
+    return (directory / "trainer_state.json").is_file() or (previous_version(directory) / "trainer_state.json").is_file()
 
 
 def tidy_run_directory(run_dir: str | Path, names: tuple[str, ...] = ("checkpoint", "best")) -> None:
@@ -122,7 +117,7 @@ def tidy_run_directory(run_dir: str | Path, names: tuple[str, ...] = ("checkpoin
     """
     run_dir = Path(run_dir)
     for name in names:
-        directory, previous = run_dir / name, _previous(run_dir / name)
+        directory, previous = run_dir / name, previous_version(run_dir / name)
         if previous.is_dir():
             if directory.exists():
                 shutil.rmtree(previous, ignore_errors=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from peapod.data.batch_order import length_grouped_batches
 from peapod.data.dataset import Dataset, Explanation, validation_users
 from peapod.inputs.examples import (
     TaskRows,
@@ -38,7 +39,6 @@ from peapod.inputs.examples import (
 )
 from peapod.inputs.owners import PrefixPrompts
 from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
-from peapod.train.batch_order import batch_rows
 from peapod.train.distributed import rank_share
 
 
@@ -176,7 +176,7 @@ class IdTrainingData:
                 tables.append((task, self.encode(rows)))
         rng = np.random.default_rng([t.seed, epoch, 99])
         plan, tasks = [], []
-        queues = [[(task, table, rows) for rows in batch_rows(table.attention_mask.sum(1).numpy(), t.batch_size, rng, "length")] for task, table in tables]
+        queues = [[(task, table, rows) for rows in length_grouped_batches(table.attention_mask.sum(1).numpy(), t.batch_size, rng)] for task, table in tables]
         for task, table, rows in take_turns(queues):
             plan.append((table, rows))
             tasks.append(task)
