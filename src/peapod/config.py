@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from peapod.data.indexing import STRATEGIES
 from peapod.model.dropout import DROPOUT_MASKS
-from peapod.model.peapod import ModelConfig, ModelOptions
+from peapod.model.peapod import SAVED_MODEL_DEFAULTS, ModelConfig, ModelOptions
 
 
 class ConfigError(ValueError):
@@ -204,7 +204,7 @@ _FROZEN = {"train.batch_grouping"}  # now the objective's: length for dense, ran
 OLD_KEYS = frozenset({*_RETIRED_SWITCHES, *_TO_OBJECTIVE, *_TO_RUNTIME, *_FROZEN})
 # The defaults an old config was written against, where they differ from today's.
 OLD_DEFAULTS = {
-    "index.strategy": "p5-sequential", "model.backbone": "tiny", "model.item_init": "random", "model.item_targets": 1,
+    "index.strategy": "p5-sequential", **{f"model.{k}": v for k, v in SAVED_MODEL_DEFAULTS.items()}, "model.item_targets": 1,
     "model.decoder_history": 0, "model.dropout_masks": "bernoulli", "train.lr": 1e-3, "train.batch_size": 64,
     "train.max_minutes": None, "train.patience": 5, "train.max_input_length": 512, "train.max_target_length": 64,
     "train.checkpoint_every": 200, "train.log_every": 10, "train.val_max_users": 1000, "eval.batch_size": 32,

@@ -336,6 +336,14 @@ def test_config_validation():
     assert ModelConfig(variant="peapod", task_prompt_length=4, user_prompt_length=2).prompt_length == 6
 
 
+def test_a_saved_model_config_missing_a_key_keeps_what_it_was_built_with():
+    # The recipe's defaults (cpu-d128, CF item init) are not what a model saved before those keys was built with.
+    old = ModelConfig.from_dict({"variant": "pod"})
+    assert (old.backbone, old.item_init) == ("tiny", "random")
+    saved = ModelConfig(item_init="cf", backbone="cpu-d128").model_dump()
+    assert ModelConfig.from_dict(saved) == ModelConfig(item_init="cf", backbone="cpu-d128")
+
+
 # ---- training sanity ------------------------------------------------------------------------
 def test_few_steps_reduce_loss(ds, indexes):
     model, tok = build_model(model_config("peapod", "neighbors"), ds, indexes["p5-sequential"])

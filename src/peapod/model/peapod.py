@@ -82,6 +82,10 @@ class ModelOptions(BaseModel):
     )
 
 
+# What a saved model that lacks a key was built with, where the recipe's default differs from it.
+SAVED_MODEL_DEFAULTS = {"backbone": "tiny", "item_init": "random"}
+
+
 class ModelConfig(ModelOptions):
     """Everything that defines a model's architecture; saved with every model.
 
@@ -137,7 +141,7 @@ class ModelConfig(ModelOptions):
         unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{**SAVED_MODEL_DEFAULTS, **d})
 
 
 class PeaPOD(nn.Module):
