@@ -29,16 +29,16 @@ class Example:
     target: str
 
 
-def drop_users(users: np.ndarray, uniforms: np.ndarray, p: float, generic: int) -> np.ndarray:
-    """User-id dropout: each user whose uniform draw is below `p` becomes `generic`, so that the prompt,
-    not the id, has to carry the user."""
+def drop_users(users, uniforms, p: float, generic: int) -> np.ndarray:
+    """User-id dropout (arrays, or one user and its draw): each user whose uniform draw is below `p`
+    becomes `generic`, so that the prompt, not the id, has to carry the user."""
     return np.where(uniforms < p, generic, users)
 
 
 def _user_str(user: int, rng: random.Random | None, dropout: float) -> str:
     if rng is None or dropout <= 0:
         return user_text(user)
-    return user_text(int(drop_users(np.array([user]), np.array([rng.random()]), dropout, GENERIC_INDEX)[0]))
+    return user_text(int(drop_users(user, rng.random(), dropout, GENERIC_INDEX)))
 
 
 def sample_negatives_for(user_items: set[int], n_items: int, count: int, rng: random.Random) -> list[int]:
