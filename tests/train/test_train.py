@@ -36,7 +36,6 @@ from peapod.inputs.prompt import GENERIC_USER
 from peapod.model.peapod import load_bundle
 from peapod.train.checkpoint import weights_digest
 from peapod.train.distributed import rank_share
-from peapod.train.setup import linear_warmup_decay
 
 ITEM = re.compile(r"item_\d+")
 USER = re.compile(r"user_\d+")
@@ -201,12 +200,6 @@ def test_shard_splits_a_batch_and_leaves_no_rank_empty():
     assert sorted(rank_share(batch, 0, 2) + rank_share(batch, 1, 2)) == batch
     assert rank_share([7], 0, 2) == [7] and rank_share([7], 1, 2) == [7]  # a 1-example final batch under 2 ranks
     assert all(rank_share([1, 2], r, 4) for r in range(4))
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = linear_warmup_decay(4, 20)
-    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert f(4) == 1.0 and f(12) == pytest.approx(0.5) and f(20) == 0.0
 
 
 # ---- the acceptance run: the tiny recipe on the demo-toys data --------------------------------

@@ -34,7 +34,7 @@ from peapod.runtime import subnormals_flushed
 from peapod.train.batches import collate
 from peapod.train.checkpoint import save_checkpoint, weights_digest
 from peapod.train.distributed import any_rank
-from peapod.train.setup import RunSetup
+from peapod.train.setup import FIT_STEPS, RunSetup
 from peapod.train.validation import validation_losses
 
 
@@ -74,9 +74,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         if not finished:
             if out_of_time:
                 run.log_event({"event": "budget", "step": state["step"], "train_seconds": state["train_seconds"]})
-                # What the cut epoch learned is still a candidate for best/ (its entry says "partial").
+            if out_of_time or state.get("fitted_steps"):
+                # What the cut epoch learned is still a candidate for best/ (its entry says "partial"); after a
+                # schedule fitted to the budget it is the end of the decay, the likeliest best.
                 run.validate(epoch, partial=True)
-            break  # max_steps or max_minutes reached mid-epoch
+            break  # max_steps, max_minutes or the fitted schedule ended the run mid-epoch
         stopped_early = run.validate(epoch)
         state.update(epoch=epoch + 1, position=0)
         run.checkpoint()
@@ -115,6 +117,9 @@ class TrainingRun(RunSetup):
             window["steps"] += 1
             bar.update(1)
             state["train_seconds"] += time.time() - t_step
+            if state["step"] == FIT_STEPS[0]:
+                self.fit_start_seconds = state["train_seconds"]
+            self.fit_to_budget()
             if self.budget_s is not None:
                 out_of_time = any_rank(state["train_seconds"] >= self.budget_s, self.device, self.world)
             if state["step"] % cfg.train.log_every == 0:
@@ -198,6 +203,7 @@ class TrainingRun(RunSetup):
             "stopped_early": stopped_early,
             "out_of_time": out_of_time,
             "train_seconds": round(state["train_seconds"], 2),
+            "fitted_steps": state.get("fitted_steps"),  # the schedule's end when the planned steps did not fit the budget
             "history": state["history"],
             "world_size": world,
             "subnormals_flushed": subnormals_flushed(),  # peapod.runtime: set by the CLI before any tensor work

@@ -27,16 +27,38 @@ from peapod.rundir import check_resume, data_identity
 from peapod.runtime import share_cpu
 from peapod.train.batches import TextEpoch, explanation_contexts, id_training_data
 from peapod.train.checkpoint import load_checkpoint, tidy_run_directory
-from peapod.train.distributed import dist_setup
+from peapod.train.distributed import all_reduce_sum, dist_setup
 
 
-def linear_warmup_decay(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+class WarmupDecay:
+    """The learning-rate factor: linear warm-up over the first `warmup_ratio` of the steps, then linear
+    decay to zero at `total`. An object, not a closure, so that the scheduler's state_dict saves a
+    total that was fitted to the time budget."""
 
-    return f
+    def __init__(self, warmup_ratio: float, total: int):
+        self.warmup_ratio = warmup_ratio
+        self.fit(total)
+
+    def fit(self, total: int) -> None:
+        self.total = total
+        self.warmup = int(self.warmup_ratio * total)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / max(1, self.warmup)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+# The steps whose time the budget fit measures: from the 16th (allocator and thread warm-up behind it) to
+# the 128th (four length-grouped windows of 32 batches, so long and short batches both count).
+FIT_STEPS = (16, 128)
+
+
+def steps_that_fit(step: int, total: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The run's last step: `total`, or fewer when the time left at `seconds_per_step` ends it sooner."""
+    if seconds_per_step <= 0:
+        return total
+    return max(step + 1, min(total, step + int(seconds_left / seconds_per_step)))
 
 
 def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
@@ -138,13 +160,17 @@ class RunSetup:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        warmup = int(cfg.train.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
+        self.schedule = WarmupDecay(cfg.train.warmup_ratio, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
         if self.resume:
             self.state = load_checkpoint(self.ckpt, self.optimizer, self.scheduler)
             self.state.setdefault("train_seconds", 0.0)
+            if self.state.get("fitted_steps"):
+                self.total_steps = self.state["fitted_steps"]
+                self.schedule.fit(self.total_steps)
         self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
+        self.fit_start_seconds = None  # train_seconds when the budget fit's measured steps began
         if self.id_data is not None:
             val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
         else:
@@ -173,6 +199,26 @@ class RunSetup:
         if self.id_data is not None:
             return self.id_data.epoch(epoch)
         return TextEpoch(epoch_batches(epoch=epoch, **self.plan_args), self.tokenizer, self.cfg, self.max_words)
+
+    def fit_to_budget(self) -> None:
+        """Once, at the end of the measured steps (`FIT_STEPS`): when the planned steps will not fit the
+        time budget, end the schedule (warm-up and decay to zero) at the step where the budget runs out,
+        rather than let the budget cut a run whose learning rate is still high."""
+        state = self.state
+        first, last = FIT_STEPS
+        if self.budget_s is None or state.get("fitted_steps") or state["step"] != last or last >= self.total_steps:
+            return
+        if self.fit_start_seconds is None:  # resumed inside the measured steps: every step so far counts
+            seconds_per_step = state["train_seconds"] / state["step"]
+        else:
+            seconds_per_step = (state["train_seconds"] - self.fit_start_seconds) / (last - first)
+        # Ranks step in lockstep; their mean makes every rank fit the same total.
+        seconds_per_step = all_reduce_sum([seconds_per_step], self.device, self.world)[0] / self.world
+        fitted = steps_that_fit(state["step"], self.total_steps, seconds_per_step, self.budget_s - state["train_seconds"])
+        self.log_event({"event": "schedule", "step": state["step"], "seconds_per_step": round(seconds_per_step, 4), "planned_steps": self.total_steps, "fitted_steps": fitted})
+        if fitted < self.total_steps:
+            self.total_steps = state["fitted_steps"] = fitted
+            self.schedule.fit(fitted)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)

@@ -155,7 +155,7 @@ def _run_generative(spec: GridSpec, cell: Cell, run_dir: Path, progress: bool) -
     return {
         "config": cfg.model_dump(),
         "overrides": overrides,
-        "training": {k: summary.get(k) for k in ("steps", "epochs", "best_epoch", "best_val", "stopped_early", "out_of_time", "train_seconds", "wall_seconds", "batches_per_epoch", "weights_sha256", "subnormals_flushed")},
+        "training": {k: summary.get(k) for k in ("steps", "epochs", "best_epoch", "best_val", "stopped_early", "out_of_time", "fitted_steps", "train_seconds", "wall_seconds", "batches_per_epoch", "weights_sha256", "subnormals_flushed")},
         "evaluation": {
             "protocol": metrics["protocol"], "indexing": metrics["indexing"], "split": metrics["split"],
             "seeds": metrics["seeds"], "max_users": metrics["max_users"], "legacy_random_fill": metrics["legacy_random_fill"],
