@@ -105,7 +105,7 @@ is byte-identical with the same syntok and vaderSentiment versions (the extracti
 - `sequential_data.txt`: one line `user item1 item2 ...` per user (items by review time), LF line ends.
 - `datamaps.json`: `user2id` / `item2id` and `id2user` / `id2item` (id <-> Amazon reviewerID / asin).
 - `explanation.jsonl`: `{{"user", "item", "explanation", "feature", "rating", "split"}}` per line, at most one
-  per review: its first sentence naming a lexicon feature with an opinion word (`peapod.data.extraction`).
+  per review: its first sentence naming a lexicon feature with an opinion word (`peapod.data.reviews.extraction`).
 - `feature_lexicon.tsv`, `reviews_stats.json`: the feature terms; the counts and settings of the conversion.
 - `negative_samples.txt`: one line `user neg1 ... neg{negatives}` per user.
 

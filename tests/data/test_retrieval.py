@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from peapod.baselines.retrieval import ExplanationRetrieval, evaluate_retrieval
 from peapod.cli import app
 from peapod.data import Dataset, Explanation
-from peapod.data.reviews_convert import convert_reviews
+from peapod.data.reviews.convert import convert_reviews
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "reviews_small.json"

@@ -18,16 +18,17 @@ import pytest
 from typer.testing import CliRunner
 
 from peapod.cli import app
-from peapod.data import DataError, load_dataset, reviews_output
-from peapod.data.extraction import (
+from peapod.data import DataError, load_dataset
+from peapod.data.reviews import output as reviews_output
+from peapod.data.reviews.convert import convert_reviews
+from peapod.data.reviews.extraction import (
     build_feature_lexicon,
     opinion_words,
     pick_explanation,
     split_sentences,
     tokens,
 )
-from peapod.data.reviews import FieldMap
-from peapod.data.reviews_convert import convert_reviews
+from peapod.data.reviews.read import FieldMap
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "reviews_small.json"
 runner = CliRunner()

@@ -121,8 +121,8 @@ def data_from_reviews(
     import shlex
     import time
 
-    from peapod.data.reviews import FieldMap
-    from peapod.data.reviews_convert import convert_reviews
+    from peapod.data.reviews.convert import convert_reviews
+    from peapod.data.reviews.read import FieldMap
 
     fields = FieldMap(user_field, item_field, time_field, rating_field or None, text_field)
     t0 = time.perf_counter()

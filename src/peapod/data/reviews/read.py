@@ -18,7 +18,7 @@ invalid UTF-8, an empty file. Two cases are data-quality choices, controlled by 
 Output (see `convert_reviews`), read unchanged by `peapod.data.load_dataset`: `sequential_data.txt`
 (users and items numbered 1.. in order of first appearance in the file after the drops; each user's items
 ordered by time, equal times in file order), `datamaps.json`, `explanation.jsonl` (at most one record per
-review, see `peapod.data.extraction`, with its split), `feature_lexicon.tsv`, `reviews_stats.json` and a
+review, see `peapod.data.reviews.extraction`, with its split), `feature_lexicon.tsv`, `reviews_stats.json` and a
 `README.md`. Explanation records are ordered by user, then time, and split by
 `assign_explanation_splits` (seeded 80/10/10; every user's and item's first record goes to train).
 """

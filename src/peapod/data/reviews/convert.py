@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from peapod.data.reviews import (
+from peapod.data.reviews.output import build_output, write_output
+from peapod.data.reviews.read import (
     AMAZON_FIELDS,
     FieldMap,
     detect_format,
@@ -14,7 +15,6 @@ from peapod.data.reviews import (
     prepare_reviews,
     read_reviews,
 )
-from peapod.data.reviews_output import build_output, write_output
 
 
 def convert_reviews(

@@ -1,6 +1,6 @@
 """The files `peapod data from-reviews` writes: sequences, datamaps, explanation records, lexicon, stats, README.
 
-`build_output` turns prepared reviews (`peapod.data.reviews.prepare_reviews`) into everything that is written;
+`build_output` turns prepared reviews (`peapod.data.reviews.read.prepare_reviews`) into everything that is written;
 `write_output` writes it into a temporary sibling directory that replaces `out` in one rename.
 """
 
@@ -12,11 +12,11 @@ from importlib import metadata
 from pathlib import Path
 
 import peapod
-from peapod.data import extraction
 from peapod.data.dataset import MIN_SEQUENCE_LENGTH, SPLITS
 from peapod.data.explanations import SPLIT_FRACTIONS, assign_explanation_splits
-from peapod.data.extraction import FeatureLexicon
-from peapod.data.reviews import AMAZON_FIELDS, Prepared
+from peapod.data.reviews import extraction
+from peapod.data.reviews.extraction import FeatureLexicon
+from peapod.data.reviews.read import AMAZON_FIELDS, Prepared
 from peapod.io import atomic_directory
 
 STATS_FORMAT = "peapod-reviews-stats/1"
@@ -104,7 +104,7 @@ def build_output(
         "lexicon_size": len(lexicon),
         "top_features": [t for t, _ in lexicon.terms[:20]],
         "extraction": {
-            "rule": "peapod.data.extraction (module doc)",
+            "rule": "peapod.data.reviews.extraction (module doc)",
             "min_df": min_df,
             "top_k": top_k,
             "min_determiner_share": extraction.MIN_DETERMINER_SHARE,
@@ -152,7 +152,7 @@ def _readme(stats: dict, command: str | None) -> str:
         "  items by review time, equal times in file order. Leave-one-out splits are made when the directory is loaded.",
         "- `datamaps.json`: `user2id` / `item2id` (original id -> id) and `id2user` / `id2item`.",
         "- `explanation.jsonl`: `{user, item, explanation, feature, rating, split}`, at most one per review: the first",
-        "  sentence that names a lexicon feature with a VADER opinion word (`peapod.data.extraction`).",
+        "  sentence that names a lexicon feature with a VADER opinion word (`peapod.data.reviews.extraction`).",
         f"  Splits: {stats['splits']['explanations']}.",
         "- `feature_lexicon.tsv`: the feature terms and the number of reviews that contain each.",
         "- `reviews_stats.json`: the counts above, the extraction settings and library versions, the source's sha256.",
