@@ -106,6 +106,7 @@ class TrainingRun(RunSetup):
         bar = tqdm(total=len(batches), initial=state["position"], desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not show_bar, dynamic_ncols=True)
         window = {"loss": 0.0, "n": 0, "steps": 0, "t": time.time()}
         out_of_time = False
+        start = (state["step"], state["train_seconds"])
         while state["position"] < len(batches) and state["step"] < self.total_steps and not out_of_time:
             t_step = time.time()
             batch, batch_examples = batches.batch(state["position"], self.rank, self.world, self.device)
@@ -119,7 +120,8 @@ class TrainingRun(RunSetup):
             state["train_seconds"] += time.time() - t_step
             if state["step"] == FIT_STEPS[0]:
                 self.fit_start_seconds = state["train_seconds"]
-            self.fit_to_budget()
+            elif state["step"] == FIT_STEPS[1] and state["step"] < self.total_steps:
+                self.fit_to_budget(self.measured_pace())
             if self.budget_s is not None:
                 out_of_time = any_rank(state["train_seconds"] >= self.budget_s, self.device, self.world)
             if state["step"] % cfg.train.log_every == 0:
@@ -127,7 +129,10 @@ class TrainingRun(RunSetup):
             if state["step"] % cfg.train.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
-        return state["position"] >= len(batches), out_of_time
+        finished = state["position"] >= len(batches)
+        if finished and not out_of_time and state["step"] - start[0] >= FIT_STEPS[1]:
+            self.fit_to_budget((state["train_seconds"] - start[1]) / (state["step"] - start[0]))
+        return finished, out_of_time
 
     def step(self, batch: dict) -> float:
         """One optimizer step on `batch`; returns its loss."""

@@ -58,7 +58,7 @@ def steps_that_fit(step: int, total: int, seconds_per_step: float, seconds_left:
     """The run's last step: `total`, or fewer when the time left at `seconds_per_step` ends it sooner."""
     if seconds_per_step <= 0:
         return total
-    return max(step + 1, min(total, step + int(seconds_left / seconds_per_step)))
+    return min(total, max(step + 1, step + int(seconds_left / seconds_per_step)))
 
 
 def prepare_data(cfg: RunConfig, out_dir: Path, write: bool, ds: Dataset | None = None) -> tuple[Dataset, list[list[int]]]:
@@ -158,6 +158,7 @@ class RunSetup:
         self.total_steps = cfg.train.epochs * self.batches_per_epoch
         if cfg.train.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.planned_steps = self.total_steps
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.schedule = WarmupDecay(cfg.train.warmup_ratio, self.total_steps)
@@ -200,25 +201,30 @@ class RunSetup:
             return self.id_data.epoch(epoch)
         return TextEpoch(epoch_batches(epoch=epoch, **self.plan_args), self.tokenizer, self.cfg, self.max_words)
 
-    def fit_to_budget(self) -> None:
-        """Once, at the end of the measured steps (`FIT_STEPS`): when the planned steps will not fit the
-        time budget, end the schedule (warm-up and decay to zero) at the step where the budget runs out,
-        rather than let the budget cut a run whose learning rate is still high."""
-        state = self.state
+    def measured_pace(self) -> float:
+        """Seconds per step over the measured steps (`FIT_STEPS`); over every step when resumed inside them."""
         first, last = FIT_STEPS
-        if self.budget_s is None or state.get("fitted_steps") or state["step"] != last or last >= self.total_steps:
+        if self.fit_start_seconds is None:
+            return self.state["train_seconds"] / self.state["step"]
+        return (self.state["train_seconds"] - self.fit_start_seconds) / (last - first)
+
+    def fit_to_budget(self, seconds_per_step: float) -> None:
+        """When the planned steps will not fit the time budget at `seconds_per_step`, end the schedule (warm-up
+        and decay to zero) at the step where the budget runs out, rather than let the budget cut a run whose
+        learning rate is still high. The loop fits it after the measured steps and again at each epoch's end at
+        that epoch's pace, so that the end follows the pace the run keeps."""
+        state = self.state
+        if self.budget_s is None:
             return
-        if self.fit_start_seconds is None:  # resumed inside the measured steps: every step so far counts
-            seconds_per_step = state["train_seconds"] / state["step"]
-        else:
-            seconds_per_step = (state["train_seconds"] - self.fit_start_seconds) / (last - first)
         # Ranks step in lockstep; their mean makes every rank fit the same total.
         seconds_per_step = all_reduce_sum([seconds_per_step], self.device, self.world)[0] / self.world
-        fitted = steps_that_fit(state["step"], self.total_steps, seconds_per_step, self.budget_s - state["train_seconds"])
-        self.log_event({"event": "schedule", "step": state["step"], "seconds_per_step": round(seconds_per_step, 4), "planned_steps": self.total_steps, "fitted_steps": fitted})
-        if fitted < self.total_steps:
-            self.total_steps = state["fitted_steps"] = fitted
-            self.schedule.fit(fitted)
+        fitted = steps_that_fit(state["step"], self.planned_steps, seconds_per_step, self.budget_s - state["train_seconds"])
+        if fitted == self.total_steps:
+            return
+        self.log_event({"event": "schedule", "step": state["step"], "seconds_per_step": round(seconds_per_step, 4), "planned_steps": self.planned_steps, "fitted_steps": fitted})
+        self.total_steps = fitted
+        state["fitted_steps"] = fitted if fitted < self.planned_steps else None
+        self.schedule.fit(fitted)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
