@@ -53,12 +53,7 @@ class FeatureRetrieval(ExplanationRetrieval):
         candidates = candidates or [k for k in self.by_feature.get(feature, ()) if k != exclude]
         if not candidates:
             return self.explain(user, item, exclude)[0]
-        profile = dict(self.user_profile.get(user) or {})
-        if exclude is not None:
-            for t, x in self.vectors[exclude].items():
-                profile[t] = profile.get(t, 0.0) - x
-        if not any(abs(x) > 1e-12 for x in profile.values()):
-            profile = self.item_profile.get(item, {})
+        profile = self.user_profile_without(user, exclude) or self.item_profile.get(item, {})
         return self.records[self._best(candidates, profile)].text
 
 

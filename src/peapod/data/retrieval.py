@@ -101,16 +101,21 @@ class ExplanationRetrieval:
         # float noise in equal similarities does not decide.
         return max(candidates, key=lambda k: round(_dot(self.vectors[k], profile), 9))
 
-    def explain(self, user: int | None, item: int, exclude: int | None = None) -> tuple[str, str]:
-        """(retrieved sentence, "item" | "user" | "global" | "none") for a user (None: unknown) and an item.
-
-        `exclude`: a training record index left out of the candidates and of the user's profile (`leave_one_out`).
-        """
+    def user_profile_without(self, user: int | None, exclude: int | None = None) -> Vector | None:
+        """The user's profile without training record `exclude`; None for an unknown user or one with nothing left."""
         profile = self.user_profile.get(user) if user is not None else None
         if exclude is not None and profile is not None:
             profile = {t: x - self.vectors[exclude].get(t, 0.0) for t, x in profile.items()}
             if not any(abs(x) > 1e-12 for x in profile.values()):
                 profile = None  # the record was the user's only one
+        return profile
+
+    def explain(self, user: int | None, item: int, exclude: int | None = None) -> tuple[str, str]:
+        """(retrieved sentence, "item" | "user" | "global" | "none") for a user (None: unknown) and an item.
+
+        `exclude`: a training record index left out of the candidates and of the user's profile (`leave_one_out`).
+        """
+        profile = self.user_profile_without(user, exclude)
         by_item = [k for k in self.by_item.get(item, ()) if k != exclude]
         if by_item:
             if profile is None and exclude is None:

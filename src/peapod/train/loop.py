@@ -119,9 +119,9 @@ class TrainingRun(RunSetup):
             bar.update(1)
             state["train_seconds"] += time.time() - t_step
             if state["step"] == FIT_STEPS[0]:
-                self.fit_start_seconds = state["train_seconds"]
+                self.fit_start = (state["step"], state["train_seconds"])
             elif state["step"] == FIT_STEPS[1] and state["step"] < self.total_steps:
-                self.fit_to_budget(self.measured_pace())
+                self.fit_to_budget(self.pace_since(*self.fit_start))
             if self.budget_s is not None:
                 out_of_time = any_rank(state["train_seconds"] >= self.budget_s, self.device, self.world)
             if state["step"] % cfg.train.log_every == 0:
@@ -131,7 +131,7 @@ class TrainingRun(RunSetup):
         bar.close()
         finished = state["position"] >= len(batches)
         if finished and not out_of_time and state["step"] - start[0] >= FIT_STEPS[1]:
-            self.fit_to_budget((state["train_seconds"] - start[1]) / (state["step"] - start[0]))
+            self.fit_to_budget(self.pace_since(*start))
         return finished, out_of_time
 
     def step(self, batch: dict) -> float:

@@ -171,7 +171,8 @@ class RunSetup:
                 self.total_steps = self.state["fitted_steps"]
                 self.schedule.fit(self.total_steps)
         self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
-        self.fit_start_seconds = None  # train_seconds when the budget fit's measured steps began
+        # (step, train_seconds) where the budget fit's measured steps began; a run resumed inside them counts every step
+        self.fit_start = (0, 0.0)
         if self.id_data is not None:
             val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
         else:
@@ -201,12 +202,9 @@ class RunSetup:
             return self.id_data.epoch(epoch)
         return TextEpoch(epoch_batches(epoch=epoch, **self.plan_args), self.tokenizer, self.cfg, self.max_words)
 
-    def measured_pace(self) -> float:
-        """Seconds per step over the measured steps (`FIT_STEPS`); over every step when resumed inside them."""
-        first, last = FIT_STEPS
-        if self.fit_start_seconds is None:
-            return self.state["train_seconds"] / self.state["step"]
-        return (self.state["train_seconds"] - self.fit_start_seconds) / (last - first)
+    def pace_since(self, step: int, train_seconds: float) -> float:
+        """Seconds per optimizer step since the run stood at `step` with `train_seconds` of training."""
+        return (self.state["train_seconds"] - train_seconds) / (self.state["step"] - step)
 
     def fit_to_budget(self, seconds_per_step: float) -> None:
         """When the planned steps will not fit the time budget at `seconds_per_step`, end the schedule (warm-up
