@@ -119,6 +119,14 @@ class TrainSection(_Section):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(20, ge=1)
     val_max_users: int | None = Field(2000, ge=1)
+    # A from-scratch decoder needs thousands of steps to write sentences, the item tasks of a small catalogue
+    # overfit in a few hundred: the explanation task can first learn its language alone (`peapod.train.loop`).
+    # Off in the recipe: on Musical Instruments 20 epochs make sentences a reader can follow but cost top-n HR@5
+    # (benchmarks/NOTEBOOK.md).
+    language_epochs: int = Field(
+        0, ge=0, description="epochs of the explanation task alone before all tasks train together, when the run trains it "
+        "beside an item task on data with explanations and has a time budget (0: none); they end sooner at half of max_minutes"
+    )
     val_users: Literal["first", "random"] = Field(
         "first", description="which val_max_users users select the best epoch: the first ones, or a fixed-seed uniform sample "
         "(the first users of the P5 files have longer histories than the rest)"

@@ -192,7 +192,7 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
     tables = data.validation([], max_users=n)
     predictor = Predictor(bundle, max_history=cfg.train.max_history, decoder_history=1)
     first = predictor.item_tokens[0][:, 0]
-    expected = {}
+    expected, expected_se = {}, {}
     for task, table in tables.items():
         history = [tuple(demo.train_items(u)) for u in range(n)]
         val = [demo.history_and_target(u, "val")[1] for u in range(n)]
@@ -206,10 +206,13 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
         scores = predictor.score_all_items(requests)
         target = scores[torch.arange(n), val]
         rank = (scores >= target[:, None]).sum(1) - 1
-        expected[task] = float(torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(n)).mean())
-    losses, ndcg = validation_losses(bundle.model, tables, None, 8, torch.device("cpu"), 0, 1, nullcontext)
+        gains = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(n)).double()
+        expected[task] = float(gains.mean())
+        expected_se[task] = float(gains.std() / n**0.5)  # the sample std over the validation rows
+    losses, ndcg, se = validation_losses(bundle.model, tables, None, 8, torch.device("cpu"), 0, 1, nullcontext)
     bundle.model.eval()  # validation leaves the model in training mode; the fixture is shared
     assert ndcg == pytest.approx(expected, abs=1e-6)
+    assert se == pytest.approx(expected_se, abs=1e-6) and all(v > 0 for v in se.values())
     assert all(np.isfinite(v) for v in losses.values())
     # Without decoder history the first step is read, as before.
     cfg0 = load_config(LAPTOP, SMALL + ["model.variant=pod", "objective.decoder_history=0"])

@@ -9,12 +9,14 @@ by epoch and validated after each, and finished. Run directory layout:
     log.jsonl              every logged step and every epoch's validation losses
     tb/                    TensorBoard events
     summary.json           written when training ends
+    language/              the language stage's own run, when `train.language_epochs` gives one
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import math
 import os
 import shutil
@@ -27,6 +29,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from peapod.config import RunConfig
+from peapod.data.dataset import Dataset
+from peapod.data.loaders import load_dataset
 from peapod.io import write_json_atomic
 from peapod.model.peapod import save_bundle
 from peapod.rundir import LOCK_NAME, run_lock
@@ -60,8 +64,49 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, quiet: bool
         torch.use_deterministic_algorithms(deterministic_before)  # process-wide: leave it as found
 
 
+# The language stage (`train.language_epochs`) trains in this subdirectory of the run, at the batch size of
+# the explanation-only runs it was measured with (benchmarks/NOTEBOOK.md).
+LANGUAGE_DIR = "language"
+LANGUAGE_BATCH = 128
+
+
+def language_stage(cfg: RunConfig, ds: Dataset) -> RunConfig | None:
+    """The run of the explanation task alone that comes first, or None. Only a run of the dense objective
+    (the published one trains as published) with a time budget, that trains the explanation task beside an
+    item task on data with training explanations, has one. It trains `language_epochs` epochs, or until half
+    of the budget, and never stops early (its validation loss is still falling when it ends); its best/ is
+    where the whole run starts."""
+    t = cfg.train
+    items = {"sequential", "topn"} & set(t.tasks)
+    dense = cfg.objective.kind == "dense"
+    if not (dense and t.language_epochs and t.max_minutes and items and "explanation" in t.tasks and ds.explanations_for("train")):
+        return None
+    stage = cfg.model_copy(deep=True)
+    stage.train = t.model_copy(update={
+        "tasks": ["explanation"], "epochs": t.language_epochs, "patience": t.language_epochs, "max_minutes": t.max_minutes / 2,
+        "batch_size": LANGUAGE_BATCH, "max_steps": None, "language_epochs": 0,
+    })
+    return stage
+
+
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
-    run = TrainingRun(cfg, out_dir, resume)
+    ds = load_dataset(cfg.data.path)
+    stage = language_stage(cfg, ds)
+    first = out_dir / LANGUAGE_DIR
+    language = None
+    if stage is not None and (first / "summary.json").is_file() and json.loads((first / "config.json").read_text()) == stage.model_dump():
+        language = json.loads((first / "summary.json").read_text())  # a resume, or the same run again: the stage is done
+    # A resumed run whose item tasks have begun (or that began before the stage existed) goes on from its checkpoint.
+    if stage is not None and language is None and not (resume and (out_dir / "checkpoint" / "trainer_state.json").is_file()):
+        language = _train_epochs(TrainingRun(stage, first, (first / "checkpoint" / "trainer_state.json").is_file(), ds), quiet)
+    if language is None:
+        return _train_epochs(TrainingRun(cfg, out_dir, resume, ds), quiet)
+    run = TrainingRun(cfg, out_dir, resume, ds, start_from=first / "best", spent_seconds=language["train_seconds"])
+    return _train_epochs(run, quiet, language={k: language[k] for k in ("steps", "epochs", "best_val", "train_seconds")})
+
+
+def _train_epochs(run: TrainingRun, quiet: bool, language: dict | None = None) -> dict:
+    cfg = run.cfg
     show_bar = run.main and not quiet and sys.stderr.isatty()
     stopped_early = False
     t_start = time.time()
@@ -82,7 +127,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
         stopped_early = run.validate(epoch)
         state.update(epoch=epoch + 1, position=0)
         run.checkpoint()
-    return run.finish(stopped_early, out_of_time, t_start)
+    return run.finish(stopped_early, out_of_time, t_start, language)
 
 
 class TrainingRun(RunSetup):
@@ -162,7 +207,7 @@ class TrainingRun(RunSetup):
         cfg, state = self.cfg, self.state
         # The bare model, not the DDP wrapper: ranks hold different numbers of validation batches, and
         # a DDP forward may broadcast buffers, a collective every rank would have to join.
-        val, val_ndcg = validation_losses(
+        val, val_ndcg, val_se = validation_losses(
             self.model, self.val_examples, lambda exs: collate(exs, self.tokenizer, cfg, self.max_words, self.device),
             cfg.eval.batch_size, self.device, self.rank, self.world, self.autocast,
         )
@@ -170,6 +215,7 @@ class TrainingRun(RunSetup):
         entry = {"epoch": epoch, "step": state["step"], "val": val, "val_mean": mean_val, **({"partial": True} if partial else {})}
         if val_ndcg:
             entry["val_ndcg10"] = val_ndcg
+            entry["val_ndcg10_se"] = val_se
         state["history"].append(entry)
         self.log_event({"event": "validation", **entry})
         if self.writer:
@@ -188,8 +234,9 @@ class TrainingRun(RunSetup):
         return state["bad_epochs"] >= cfg.train.patience
 
     # ---- the end ------------------------------------------------------------------------------------
-    def finish(self, stopped_early: bool, out_of_time: bool, t_start: float) -> dict:
-        """Save what is unsaved, write summary.json, close the logs and the process group; return the summary."""
+    def finish(self, stopped_early: bool, out_of_time: bool, t_start: float, language: dict | None = None) -> dict:
+        """Save what is unsaved, write summary.json, close the logs and the process group; return the summary.
+        `language`: the language stage's steps, epochs, best validation loss and seconds, when one ran first."""
         state, world = self.state, self.world
         if self.saved_step != state["step"]:
             self.checkpoint()  # max_steps stopped the run between checkpoints: keep its final state resumable
@@ -219,6 +266,7 @@ class TrainingRun(RunSetup):
             "model": self.model.config.model_dump(),
             "index": self.index.strategy,
             "batches_per_epoch": self.batches_per_epoch,
+            **({"language_stage": language} if language else {}),
         }
         if self.main:
             write_json_atomic(self.out_dir / "summary.json", summary)

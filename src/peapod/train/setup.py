@@ -81,8 +81,13 @@ def current_form(saved: dict) -> dict:
 class RunSetup:
     """One training run's parts (module docstring); `TrainingRun` adds what the run does with them."""
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, resume: bool):
+    def __init__(
+        self, cfg: RunConfig, out_dir: Path, resume: bool, ds: Dataset | None = None, start_from: Path | None = None, spent_seconds: float = 0.0
+    ):
+        """`ds`: the run's data, when already loaded; `start_from`: a model directory whose weights a fresh run
+        starts from (the language stage's best/); `spent_seconds`: training time the budget has already paid."""
         self.cfg, self.out_dir, self.resume = cfg, out_dir, resume
+        self.start_from, self.spent_seconds = start_from, spent_seconds
         self.rank, self.world, self.device = dist_setup(cfg.runtime.device)
         self.main = self.rank == 0
         self.threads = share_cpu() if self.world == 1 else {"policy": "torchrun", "threads": torch.get_num_threads()}
@@ -92,18 +97,18 @@ class RunSetup:
         torch.manual_seed(cfg.train.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True)
-        resumed_changes = self._open_run_directory()
+        resumed_changes = self._open_run_directory(ds)
         explanations = self._explanations()
         self._build_model()
         self._plan(*explanations)
         self._open_logs(resumed_changes)
 
     # ---- setup ------------------------------------------------------------------------------------
-    def _open_run_directory(self) -> dict | None:
+    def _open_run_directory(self, ds: Dataset | None) -> dict | None:
         """Read the data, check a resume against the checkpoint, write config.json and the candidates."""
         cfg, out_dir = self.cfg, self.out_dir
         # Read the data before creating anything, so that unreadable data leaves no half-made run directory.
-        ds = load_dataset(cfg.data.path)
+        ds = ds if ds is not None else load_dataset(cfg.data.path)
         self.ckpt = out_dir / "checkpoint"
         self.run_record = {"config": cfg.model_dump(), "data": data_identity(ds)}
         resumed_changes = None
@@ -128,11 +133,17 @@ class RunSetup:
         return (train, val, *explanation_contexts(cfg, train, val))
 
     def _build_model(self) -> None:
-        """The model: new, or the checkpoint's on a resume."""
+        """The model: new, the `start_from` model's, or the checkpoint's on a resume."""
         if self.resume:
             if not (self.ckpt / "trainer_state.json").is_file():
                 raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
             bundle = load_bundle(self.ckpt, device="cpu")
+            model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
+            model.train()
+        elif self.start_from is not None:
+            bundle = load_bundle(self.start_from, device="cpu")
+            if bundle.model.config != self.cfg.architecture():
+                raise ValueError(f"{self.start_from} holds another architecture than this run's")
             model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
             model.train()
         else:
@@ -163,7 +174,7 @@ class RunSetup:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.schedule = WarmupDecay(cfg.train.warmup_ratio, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+        self.state = {"epoch": 0, "position": 0, "step": 0, "best_val": math.inf, "best_epoch": None, "bad_epochs": 0, "history": [], "train_seconds": self.spent_seconds}
         if self.resume:
             self.state = load_checkpoint(self.ckpt, self.optimizer, self.scheduler)
             self.state.setdefault("train_seconds", 0.0)
@@ -172,7 +183,7 @@ class RunSetup:
                 self.schedule.fit(self.total_steps)
         self.budget_s = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
         # (step, train_seconds) where the budget fit's measured steps began; a run resumed inside them counts every step
-        self.fit_start = (0, 0.0)
+        self.fit_start = (0, self.spent_seconds)
         if self.id_data is not None:
             val = self.id_data.validation(explanations_val, cfg.train.val_max_users, cfg.train.val_users, contexts_val)
         else:

@@ -49,17 +49,20 @@ def scored_item_ndcg(scores: torch.Tensor, target: torch.Tensor, batch: dict, ra
 
 
 @torch.no_grad()
-def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], collate, batch_size: int, device, rank, world, autocast) -> tuple[dict[str, float], dict[str, float]]:
+def validation_losses(
+    model, examples: dict[str, list[Example] | EncodedRows], collate, batch_size: int, device, rank, world, autocast
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Mean loss per task on fixed validation examples (all-reduced across ranks), and for item
-    tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target.
+    tasks over atomic items (`EncodedRows` with a rank space) the mean NDCG@10 of the target and
+    its standard error over the validation rows (the sample std of the per-row gains / sqrt(n)).
 
     A task's examples are text `Example`s (made into a batch by `collate(examples)`) or an
     `EncodedRows` table (the dense objective's token ids)."""
     model.eval()
-    out, ndcg = {}, {}
+    out, ndcg, ndcg_se = {}, {}, {}
     for task, exs in examples.items():
         mine = list(range(rank, len(exs), world))
-        total, count, gain = 0.0, 0, 0.0
+        total, count, gain, gain_sq = 0.0, 0, 0.0, 0.0
         ranked = isinstance(exs, EncodedRows) and exs.rank_space is not None
         steps = exs.score_step if isinstance(exs, EncodedRows) else None
         for i in range(0, len(mine), batch_size):
@@ -71,11 +74,15 @@ def validation_losses(model, examples: dict[str, list[Example] | EncodedRows], c
             total += float(result.loss) * len(chunk)
             if ranked:
                 scores, target = scored_step(result.logits, batch, step)
-                gain += float(scored_item_ndcg(scores, target, batch, exs.rank_space).sum())
+                gains = scored_item_ndcg(scores, target, batch, exs.rank_space)
+                gain += float(gains.sum())
+                gain_sq += float((gains * gains).sum())
             count += len(chunk)
-        total, count, gain = all_reduce_sum([total, float(count), gain], device, world)
+        total, count, gain, gain_sq = all_reduce_sum([total, float(count), gain, gain_sq], device, world)
         out[task] = total / max(count, 1.0)
         if ranked:
             ndcg[task] = gain / max(count, 1.0)
+            variance = max(gain_sq - count * ndcg[task] ** 2, 0.0) / max(count - 1.0, 1.0)
+            ndcg_se[task] = (variance / max(count, 1.0)) ** 0.5
     model.train()
-    return out, ndcg
+    return out, ndcg, ndcg_se
