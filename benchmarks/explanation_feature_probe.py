@@ -26,16 +26,14 @@ import platform
 import time
 from pathlib import Path
 
+from explanation_decodings import KEYS, generate, score  # benchmarks/, beside this script
+
 import peapod.train.setup as train_setup
 from peapod.config import load_config
 from peapod.data.explanations import run_explanation_split
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.tasks import load_setup
-from peapod.infer.requests import Request
-from peapod.metrics.text import explanation_metrics
 from peapod.train.loop import train
-
-KEYS = ["SacreBLEU", "rouge-score-rouge1-F", "rouge-score-rouge2-F", "rouge-score-rougeL-F", "BLEU-4", "FMR", "FCR", "DIV", "USR"]
 
 
 class FeatureRetrieval(ExplanationRetrieval):
@@ -67,11 +65,6 @@ def contexts(mode: str, train_records, val_records) -> tuple[list[str], list[str
     )
 
 
-def score(records, hypotheses, vocabulary) -> dict:
-    m, _ = explanation_metrics([r.text for r in records], hypotheses, [r.feature for r in records], vocabulary)
-    return {k: round(m[k], 4) for k in KEYS}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["feature", "feature-retrieved"])
@@ -101,9 +94,7 @@ def main() -> None:
         "retrieval given the feature": score(records, [retrieved[(r.user, r.item)] for r in records], vocabulary),
     }
     for decoding in ("greedy", "serve"):
-        hyps = []
-        for s in range(0, len(records), 128):
-            hyps += pred.explain(pred.encode([Request("explanation", [r.item], r.user) for r in records[s : s + 128]]), decoding)
+        hyps = generate(pred, records, decoding)
         rows[f"generated, {decoding}"] = score(records, hyps, vocabulary)
         rows[f"generated, {decoding}"]["examples"] = hyps[:3]
     with open(out / "probe.jsonl", "a", encoding="utf-8") as f:
