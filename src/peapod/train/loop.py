@@ -36,7 +36,7 @@ from peapod.model.peapod import save_bundle
 from peapod.rundir import LOCK_NAME, run_lock
 from peapod.runtime import subnormals_flushed
 from peapod.train.batches import collate
-from peapod.train.checkpoint import save_checkpoint, weights_digest
+from peapod.train.checkpoint import checkpoint_exists, save_checkpoint, weights_digest
 from peapod.train.distributed import any_rank
 from peapod.train.setup import FIT_STEPS, RunSetup
 from peapod.train.validation import validation_losses
@@ -97,8 +97,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, quiet: bool) -> dict:
     if stage is not None and (first / "summary.json").is_file() and json.loads((first / "config.json").read_text()) == stage.model_dump():
         language = json.loads((first / "summary.json").read_text())  # a resume, or the same run again: the stage is done
     # A resumed run whose item tasks have begun (or that began before the stage existed) goes on from its checkpoint.
-    if stage is not None and language is None and not (resume and (out_dir / "checkpoint" / "trainer_state.json").is_file()):
-        language = _train_epochs(TrainingRun(stage, first, (first / "checkpoint" / "trainer_state.json").is_file(), ds), quiet)
+    if stage is not None and language is None and not (resume and checkpoint_exists(out_dir / "checkpoint")):
+        language = _train_epochs(TrainingRun(stage, first, checkpoint_exists(first / "checkpoint"), ds), quiet)
     if language is None:
         return _train_epochs(TrainingRun(cfg, out_dir, resume, ds), quiet)
     run = TrainingRun(cfg, out_dir, resume, ds, start_from=first / "best", spent_seconds=language["train_seconds"])

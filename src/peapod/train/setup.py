@@ -134,16 +134,13 @@ class RunSetup:
 
     def _build_model(self) -> None:
         """The model: new, the `start_from` model's, or the checkpoint's on a resume."""
-        if self.resume:
-            if not (self.ckpt / "trainer_state.json").is_file():
-                raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
-            bundle = load_bundle(self.ckpt, device="cpu")
-            model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
-            model.train()
-        elif self.start_from is not None:
-            bundle = load_bundle(self.start_from, device="cpu")
-            if bundle.model.config != self.cfg.architecture():
-                raise ValueError(f"{self.start_from} holds another architecture than this run's")
+        if self.resume and not (self.ckpt / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {self.ckpt} has no checkpoint")
+        source = self.ckpt if self.resume else self.start_from
+        if source is not None:
+            bundle = load_bundle(source, device="cpu")
+            if not self.resume and bundle.model.config != self.cfg.architecture():
+                raise ValueError(f"{source} holds another architecture than this run's")
             model, tokenizer, index = bundle.model, bundle.tokenizer, bundle.index
             model.train()
         else:
