@@ -567,7 +567,7 @@ class Predictor:
         """Generated explanations (special tokens skipped, whitespace-stripped), one per request.
 
         `decoding` is a key of `EXPLANATION_DECODINGS` (greedy | beam | legacy | serve); the keyword
-        arguments override its settings.
+        arguments override its settings. Atomic item tokens are never generated.
         """
         if decoding not in EXPLANATION_DECODINGS:
             raise ValueError(f"unknown explanation decoding {decoding!r}; choose {', '.join(EXPLANATION_DECODINGS)}")
@@ -576,6 +576,9 @@ class Predictor:
         for key, value in (("num_beams", num_beams), ("min_length", min_length), ("max_length", max_length)):
             if value is not None:
                 settings[key] = int(value)
+        if self.index.is_atomic:
+            # An explanation is text; the dense objective never trains its item-token logits there.
+            settings["suppress_tokens"] = self.item_tokens[0][:, 0].tolist()
         with self.model.copying(enc.hidden, enc.copy_source):
             seqs = self._generate(enc.hidden, enc.mask, num_return_sequences=1, **settings)
         return [t.strip() for t in self.tokenizer.batch_decode(seqs.cpu(), skip_special_tokens=True)]

@@ -9,7 +9,7 @@ through `TokenTables`; a batch is a slice of those matrices. Inputs are the bare
 * the decoder writes the next `item_targets` training items teacher-forced (sequential), or that many
   of the user's training items in random order (candidate-free top-n: no items in the input, the
   prompts carry the user); the first is the one evaluation scores;
-* item tasks normalize their loss over the item tokens only;
+* item tasks normalize their loss over the item tokens only, explanations over the other tokens;
 * a peapod example's user prompt is built from the CF vector folded in from the training items before
   its target (and that vector's nearest other users), as a test user's prompt is built from the items
   before the test item (`PrefixPrompts`). The CF vector of all the user's training items holds the
@@ -44,7 +44,7 @@ from peapod.train.distributed import rank_share
 
 @dataclass
 class EncodedRows:
-    """A task's examples as tensors (CPU). `label_space` restricts the loss softmax (item tasks)."""
+    """A task's examples as tensors (CPU). `label_space` restricts the loss softmax (to item or text tokens)."""
 
     task_ids: torch.Tensor
     users: torch.Tensor
@@ -122,6 +122,12 @@ class IdTrainingData:
         m = cfg.objective.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
         self.item_space = torch.from_numpy(space)  # item tasks normalize over the item tokens only
+        # An explanation is text, so its softmax leaves the item tokens out: otherwise every explanation
+        # step pushes the (tied) item embeddings away from the decoder's states. A copying model's head
+        # mixes copies into the whole vocabulary and keeps it.
+        self.text_space = None
+        if cfg.model.explanation_context == "none":
+            self.text_space = torch.from_numpy(np.setdiff1d(np.arange(len(tokenizer)), self.tables.item_space))
         self._cached: tuple[int, IdEpoch] | None = None
 
     def encode(self, rows: TaskRows, sentences: np.ndarray | None = None, contexts: tuple[np.ndarray, np.ndarray] | None = None) -> EncodedRows:
@@ -139,7 +145,7 @@ class IdTrainingData:
         ids, mask, words = self.tables.inputs(rows.text_users, inputs, t.max_input_length, self.max_words, context)
         if rows.task == "explanation":
             labels = (self.sentences if sentences is None else sentences)[rows.sentences]
-            space = ranked = None
+            space, ranked = self.text_space, None
         else:
             labels = self.tables.item_labels(rows.targets, eos=self.cfg.objective.item_targets == 1)
             space = self.item_space
