@@ -10,6 +10,7 @@ from peapod.cli import app
 from peapod.config import load_config
 from peapod.data import load_dataset
 from peapod.demo import DEMO_OUTPUTS, demo_config, prepare_out_dir
+from peapod.train.loop import LANGUAGE_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,8 +22,10 @@ def test_demo_recipe_is_the_laptop_recipe_sized_for_the_demo_data():
     for section in ("index", "model"):
         for key in ("strategy",) if section == "index" else ("variant", "composer", "backbone", "item_init"):
             assert getattr(getattr(demo, section), key) == getattr(getattr(laptop, section), key), f"{section}.{key}"
+    # The demo's explanation task learns its language alone first (a readable sentence); --quick skips that.
+    assert demo.train.language_epochs > 0 and demo.train.max_minutes and LANGUAGE_DIR in DEMO_OUTPUTS
     quick = demo_config(quick=True)
-    assert quick.train.max_steps and quick.data.path == "demo"
+    assert quick.train.max_steps and quick.data.path == "demo" and quick.train.language_epochs == 0
 
 
 def _demo_users() -> str:

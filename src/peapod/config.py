@@ -122,7 +122,7 @@ class TrainSection(_Section):
     # A from-scratch decoder needs thousands of steps to write sentences, the item tasks of a small catalogue
     # overfit in a few hundred: the explanation task can first learn its language alone (`peapod.train.loop`).
     # Off in the recipe: on Musical Instruments 20 epochs make sentences a reader can follow but cost top-n HR@5
-    # (benchmarks/NOTEBOOK.md).
+    # (benchmarks/NOTEBOOK.md). The demo recipe, whose item tasks are a smoke test, trains 10.
     language_epochs: int = Field(
         0, ge=0, description="epochs of the explanation task alone before all tasks train together, when the run trains it "
         "beside an item task on data with explanations and has a time budget (0: none); they end sooner at half of max_minutes"
