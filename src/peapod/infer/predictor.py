@@ -577,7 +577,7 @@ class Predictor:
             if value is not None:
                 settings[key] = int(value)
         if self.index.is_atomic:
-            # An explanation is text; the dense objective never trains its item-token logits there.
+            # An explanation is text (the dense objective does not even train the item tokens' logits there).
             settings["suppress_tokens"] = self.item_tokens[0][:, 0].tolist()
         with self.model.copying(enc.hidden, enc.copy_source):
             seqs = self._generate(enc.hidden, enc.mask, num_return_sequences=1, **settings)

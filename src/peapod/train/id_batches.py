@@ -122,8 +122,8 @@ class IdTrainingData:
         m = cfg.objective.item_targets
         space = self.tables.item_space if m > 1 else np.union1d(self.tables.item_space, [self.tables.eos_id])
         self.item_space = torch.from_numpy(space)  # item tasks normalize over the item tokens only
-        # An explanation is text, so its softmax leaves the item tokens out: otherwise every explanation
-        # step pushes the (tied) item embeddings away from the decoder's states. A copying model's head
+        # An explanation is text, so its softmax leaves the item tokens out: its steps then cost half as much
+        # on MI and leave the (tied) embeddings of the items they do not read alone. A copying model's head
         # mixes copies into the whole vocabulary and keeps it.
         self.text_space = None
         if cfg.model.explanation_context == "none":
