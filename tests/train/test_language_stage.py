@@ -34,6 +34,9 @@ def test_the_stage_is_the_explanation_task_alone_and_only_where_it_applies(mini)
     assert stage.train.tasks == ["explanation"] and stage.train.epochs == stage.train.patience == 2
     assert stage.train.batch_size == LANGUAGE_BATCH and stage.train.max_minutes == 500 and stage.train.language_epochs == 0
     assert stage.model == cfg.model and stage.objective == cfg.objective  # the same architecture: its weights carry over
+    assert stage.train.max_steps is None
+    capped = language_stage(load_config("laptop", [f"data.path={mini}", *SMALL, "train.max_steps=6"]), ds)
+    assert capped.train.max_steps == 6  # a smoke run's step cap holds for the stage too
     for off in (["train.language_epochs=0"], ["train.max_minutes=null"], ["train.tasks=[sequential,topn]"], ["train.tasks=[explanation]"]):
         assert language_stage(load_config("laptop", [f"data.path={mini}", *SMALL, *off]), ds) is None, off
     assert language_stage(load_config("tiny", [f"data.path={mini}", "train.max_minutes=30"]), ds) is None  # published objective

@@ -74,8 +74,8 @@ def language_stage(cfg: RunConfig, ds: Dataset) -> RunConfig | None:
     """The run of the explanation task alone that comes first, or None. Only a run of the dense objective
     (the published one trains as published) with a time budget, that trains the explanation task beside an
     item task on data with training explanations, has one. It trains `language_epochs` epochs, or until half
-    of the budget, and never stops early (its validation loss is still falling when it ends); its best/ is
-    where the whole run starts."""
+    of the budget (`max_steps` caps it as it caps the run after it), and never stops early (its validation
+    loss is still falling when it ends); its best/ is where the whole run starts."""
     t = cfg.train
     items = {"sequential", "topn"} & set(t.tasks)
     dense = cfg.objective.kind == "dense"
@@ -84,7 +84,7 @@ def language_stage(cfg: RunConfig, ds: Dataset) -> RunConfig | None:
     stage = cfg.model_copy(deep=True)
     stage.train = t.model_copy(update={
         "tasks": ["explanation"], "epochs": t.language_epochs, "patience": t.language_epochs, "max_minutes": t.max_minutes / 2,
-        "batch_size": LANGUAGE_BATCH, "max_steps": None, "language_epochs": 0,
+        "batch_size": LANGUAGE_BATCH, "language_epochs": 0,
     })
     return stage
 
