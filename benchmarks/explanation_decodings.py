@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from peapod.data.explanations import run_explanation_split
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.tasks import load_setup
 from peapod.infer.requests import Request
@@ -44,9 +43,8 @@ def main() -> None:
     run = Path(a.run)
     setup = load_setup(run / a.model, device="cpu")
     predictor, records = setup.predictor, setup.explanations("test")
-    train_records = run_explanation_split(setup.dataset, setup.run_config, 0)
-    vocabulary = [e.feature for e in train_records]
-    retrieval = ExplanationRetrieval().fit(train_records)
+    retrieval = ExplanationRetrieval.for_run(setup.dataset, setup.run_config)
+    vocabulary = [e.feature for e in retrieval.records]  # the training records' features
     rows = {"retrieval": (score(records, [retrieval.explain(r.user, r.item)[0] for r in records], vocabulary), [])}
     for decoding in a.decodings.split(","):
         hypotheses = generate(predictor, records, decoding)

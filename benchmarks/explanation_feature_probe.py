@@ -30,7 +30,6 @@ from explanation_decodings import KEYS, generate, score  # benchmarks/, beside t
 
 import peapod.train.setup as train_setup
 from peapod.config import load_config
-from peapod.data.explanations import run_explanation_split
 from peapod.data.retrieval import ExplanationRetrieval
 from peapod.evaluate.tasks import load_setup
 from peapod.train.loop import train
@@ -80,9 +79,8 @@ def main() -> None:
 
     setup = load_setup(out / "best", device="cpu")
     pred, records = setup.predictor, setup.explanations("test")
-    train_records = run_explanation_split(setup.dataset, setup.run_config, 0)
-    vocabulary = [e.feature for e in train_records]
-    retrieval = FeatureRetrieval().fit(train_records)
+    retrieval = FeatureRetrieval.for_run(setup.dataset, setup.run_config)
+    vocabulary = [e.feature for e in retrieval.records]  # the training records' features
     given = {(r.user, r.item): r.feature for r in records}
     retrieved = {(r.user, r.item): retrieval.explain_feature(r.user, r.item, r.feature) for r in records}
     if a.mode == "feature":
