@@ -19,6 +19,7 @@ from peapod.data import build_item_index
 from peapod.evaluate.protocol import evaluate_run
 from peapod.infer.predictor import Predictor, Request
 from peapod.inputs.examples import sequential_rows
+from peapod.metrics.ranking import mask_items
 from peapod.model.peapod import ModelBundle, ModelConfig, build_model, save_bundle
 from peapod.train.id_batches import IdTrainingData
 
@@ -181,7 +182,8 @@ def test_the_user_prompt_ablation_reads_the_decoder_history_it_is_given(peapod, 
 
 def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
     """Best-epoch selection ranks the validation item where the evaluation will: the last training item
-    in the decoder, step 1 read, its NDCG@10 that of the predictor's full-catalogue scores."""
+    in the decoder, step 1 read, its NDCG@10 that of the predictor's full-catalogue scores with the
+    user's training items left out (the rigorous protocol)."""
     from contextlib import nullcontext
 
     from peapod.train.validation import validation_losses
@@ -203,7 +205,7 @@ def test_validation_reads_the_step_the_evaluation_scores(demo, pod):
             requests = [Request("sequential", h, user=u) for u, h in enumerate(history)]
         else:
             requests = [Request("topn", (0,), user=u, profile=h) for u, h in enumerate(history)]
-        scores = predictor.score_all_items(requests)
+        scores = mask_items(predictor.score_all_items(requests), [demo.seen_items(u, "val") for u in range(n)])
         target = scores[torch.arange(n), val]
         rank = (scores >= target[:, None]).sum(1) - 1
         gains = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(n)).double()

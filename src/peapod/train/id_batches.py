@@ -39,6 +39,7 @@ from peapod.inputs.examples import (
 )
 from peapod.inputs.owners import PrefixPrompts
 from peapod.inputs.prompt import TASK_IDS, TokenTables, context_tokens, sentence_labels
+from peapod.metrics.ranking import PROTOCOL_HISTORY
 from peapod.train.distributed import rank_share
 
 
@@ -57,6 +58,9 @@ class EncodedRows:
     cf_query: torch.Tensor | None = None  # [N, cf_dim] prompt owners' CF vectors (prompt_history prefix)
     neighbors: torch.Tensor | None = None  # [N, k] their nearest training users
     score_step: torch.Tensor | None = None  # [N] validation: the decoder step ranked, after the decoder history
+    # Validation under history "excluded": per row, the token ids of the user's training items, left out of the
+    # ranking as the evaluation leaves them out (the validation item never is).
+    seen: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.users.shape[0]
@@ -199,7 +203,9 @@ class IdTrainingData:
         items -> the validation item; top-n without candidates; held-out explanations. With
         `objective.decoder_history` j (atomic items), the user's last j training items go into the decoder
         before the validation item, as the evaluation hands them (`Predictor.decoder_items`:
-        sequential keeps at least one in the encoder), and `score_step` says where the item is read."""
+        sequential keeps at least one in the encoder), and `score_step` says where the item is read.
+        Under the rigorous protocol the item tables also hold each user's training items (`seen`), which
+        the ranking leaves out as the evaluation does, so that the epoch is chosen on the test's metric."""
         t, o = self.cfg.train, self.cfg.objective
         ds = self.ds
         users = np.array(validation_users(ds.n_users, max_users, users_sample), dtype=np.int64)
@@ -231,4 +237,7 @@ class IdTrainingData:
         table = self.encode(TaskRows(task, users, users, inputs, targets))
         if j:
             table.score_step = torch.from_numpy(steps)
+        if PROTOCOL_HISTORY[self.cfg.eval.protocol] == "excluded":
+            first = self.tables.item_tokens[:, 0]
+            table.seen = [first[self.ds.seen_items(int(u), "val")] for u in users]
         return table

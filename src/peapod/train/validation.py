@@ -4,7 +4,8 @@ evaluation would give the validation item (the dense objective picks the best ep
 With `objective.decoder_history` j > 0 a validation row's decoder is handed the user's last j training
 items before the validation item (`IdTrainingData.validation`), and the row is read at step j, as
 the evaluation reads it (`EncodedRows.score_step`). Its loss is then the validation item's loss at
-that step alone, not the prefix items'."""
+that step alone, not the prefix items'. Under the rigorous protocol the ranking leaves out the user's
+training items (never the validation item), as the evaluation does (`EncodedRows.seen`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from peapod.inputs.examples import Example
-from peapod.metrics.ranking import ndcg_gains
+from peapod.metrics.ranking import mask_items, ndcg_gains
 from peapod.train.distributed import all_reduce_sum
 from peapod.train.id_batches import EncodedRows
 
@@ -33,15 +34,23 @@ def scored_step(logits: torch.Tensor, batch: dict, steps: torch.Tensor | None) -
 
 
 @torch.no_grad()
-def scored_item_ndcg(scores: torch.Tensor, target: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10) -> torch.Tensor:
+def scored_item_ndcg(
+    scores: torch.Tensor, target: torch.Tensor, batch: dict, rank_space: torch.Tensor, k: int = 10, exclude: list[np.ndarray] | None = None,
+) -> torch.Tensor:
     """Per row, NDCG@k of the target item among all items at the row's scored step.
 
     scores: [B, V] (or [B, V'] over `batch["label_space"]`) and target: [B], as `scored_step` gives
-    them; rank_space: [N] item token ids. Ties count against the target. This is what the evaluation
-    ranks for atomic items.
+    them; rank_space: [N] item token ids; exclude: per row, item token ids left out of the ranking (the
+    user's history, never the target). Ties count against the target. This is what the evaluation ranks
+    for atomic items.
     """
     space = batch.get("label_space")
     columns = torch.searchsorted(space, rank_space.to(space.device)) if space is not None else rank_space.to(scores.device)
+    if exclude is not None:
+        tokens = [torch.as_tensor(t, dtype=torch.long, device=scores.device) for t in exclude]
+        kept = scores.gather(1, target[:, None])
+        scores = mask_items(scores.clone(), [torch.searchsorted(space, t) if space is not None else t for t in tokens])
+        scores.scatter_(1, target[:, None], kept)  # the target is never left out, even when the user had it before
     target_score = scores.gather(1, target[:, None])
     ranked = scores[:, columns]
     rank = (ranked > target_score).sum(1) + (ranked == target_score).sum(1) - 1
@@ -74,7 +83,8 @@ def validation_losses(
             total += float(result.loss) * len(chunk)
             if ranked:
                 scores, target = scored_step(result.logits, batch, step)
-                gains = scored_item_ndcg(scores, target, batch, exs.rank_space)
+                exclude = None if exs.seen is None else [exs.seen[j] for j in chunk]
+                gains = scored_item_ndcg(scores, target, batch, exs.rank_space, exclude=exclude)
                 gain += float(gains.sum())
                 gain_sq += float((gains * gains).sum())
             count += len(chunk)
