@@ -144,5 +144,6 @@ def test_a_run_saved_before_the_objective_resumes_under_todays_config(tmp_path):
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir()
     (ckpt / "run.json").write_text(json.dumps({"config": json.loads(fixture.read_text()), "data": None}))
-    now = load_config("laptop", ["data.path=../shared/data/toys", "train.epochs=12"]).model_dump()
-    assert check_resume(ckpt, now, {}, current_form=current_form) == {"train.epochs": [10, 12]}
+    # The validation users choose the best epoch, so a resume keeps the run's; patience may change.
+    now = load_config("laptop", ["data.path=../shared/data/toys", "train.epochs=12", "train.val_users=first"]).model_dump()
+    assert check_resume(ckpt, now, {}, current_form=current_form) == {"train.epochs": [10, 12], "train.patience": [3, 10]}
