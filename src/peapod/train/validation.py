@@ -47,9 +47,11 @@ def scored_item_ndcg(
     space = batch.get("label_space")
     columns = torch.searchsorted(space, rank_space.to(space.device)) if space is not None else rank_space.to(scores.device)
     if exclude is not None:
-        tokens = [torch.as_tensor(t, dtype=torch.long, device=scores.device) for t in exclude]
         kept = scores.gather(1, target[:, None])
-        scores = mask_items(scores.clone(), [torch.searchsorted(space, t) if space is not None else t for t in tokens])
+        if space is not None:  # token ids -> columns of the restricted scores
+            columns_of = space.cpu().numpy()
+            exclude = [np.searchsorted(columns_of, t) for t in exclude]
+        scores = mask_items(scores.clone(), exclude)
         scores.scatter_(1, target[:, None], kept)  # the target is never left out, even when the user had it before
     target_score = scores.gather(1, target[:, None])
     ranked = scores[:, columns]
